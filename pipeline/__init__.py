@@ -1,0 +1,1 @@
+"""Learning-rate-scheduler experiments: data, model, schedules, training, tracking, figures."""

@@ -1,0 +1,236 @@
+"""``lrsched``: the front door. Each command parses its arguments, calls one function, reports.
+
+Every ``dvc.yaml`` stage runs one of ``generate``, ``train`` and ``plot``; the rest are what a
+user reaches for: ``schedulers``, ``preview``, ``validate`` and ``ui``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.params import Params, ParamsError, load_params
+
+PATH = click.Path(path_type=Path)
+EXISTING = click.Path(path_type=Path, exists=True)
+params_option = click.option(
+    "--params",
+    "params_path",
+    type=PATH,
+    default=Path("params.yaml"),
+    show_default=True,
+    help="The params file to read.",
+)
+
+
+def _load(path: Path) -> Params:
+    try:
+        return load_params(path)
+    except ParamsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lrsched")
+def cli() -> None:
+    """Reproducible learning-rate-scheduler experiments: DVC stages, MLflow records."""
+
+
+@cli.command()
+@params_option
+@click.option("--train", "train_path", type=PATH, required=True, help="Train set CSV to write.")
+@click.option("--test", "test_path", type=PATH, required=True, help="Test set CSV to write.")
+def generate(params_path: Path, train_path: Path, test_path: Path) -> None:
+    """Stage generate: write the two-moons train and test sets."""
+    from stages import generate as stage
+
+    sizes = stage.run(_load(params_path), train_path, test_path)
+    click.echo(
+        f"wrote {train_path} ({sizes['train']} points) and {test_path} ({sizes['test']} points)"
+    )
+
+
+@cli.command()
+@params_option
+@click.option("--train", "train_path", type=EXISTING, required=True, help="Train set CSV.")
+@click.option("--test", "test_path", type=EXISTING, required=True, help="Test set CSV.")
+@click.option(
+    "--curves", "curves_dir", type=PATH, required=True, help="Folder for per-step tables."
+)
+@click.option(
+    "--models", "models_dir", type=PATH, required=True, help="Folder for trained weights."
+)
+@click.option("--metrics", "metrics_path", type=PATH, required=True, help="Final metrics JSON.")
+def train(
+    params_path: Path,
+    train_path: Path,
+    test_path: Path,
+    curves_dir: Path,
+    models_dir: Path,
+    metrics_path: Path,
+) -> None:
+    """Stage train: train LogicNet under every schedule; record each run to MLflow."""
+    from stages import train as stage
+
+    params = _load(params_path)
+    width = max(len(spec.name) for spec in params.schedules)
+
+    def report(result) -> None:
+        final = result.final
+        click.echo(
+            f"  {result.name:<{width}}  final loss {final['final_loss']:.4f}  "
+            f"train acc {final['train_accuracy']:.1%}  test acc {final['test_accuracy']:.1%}"
+        )
+
+    click.echo(f"training {len(params.schedules)} schedules x {params.train.epochs} steps")
+    summary = stage.run(
+        params, train_path, test_path, curves_dir, models_dir, metrics_path, on_run=report
+    )
+    click.echo(
+        f"done in {summary.seconds:.1f} s on {summary.device}; MLflow parent run "
+        f"{summary.parent_run_id} in {summary.tracking_uri}"
+    )
+
+
+@cli.command()
+@params_option
+@click.option("--train", "train_path", type=EXISTING, required=True, help="Train set CSV.")
+@click.option("--test", "test_path", type=EXISTING, required=True, help="Test set CSV.")
+@click.option("--curves", "curves_dir", type=EXISTING, required=True, help="Per-step tables.")
+@click.option("--models", "models_dir", type=EXISTING, required=True, help="Trained weights.")
+@click.option("--metrics", "metrics_path", type=EXISTING, required=True, help="Final metrics.")
+@click.option("--figures", "figures_dir", type=PATH, required=True, help="Folder for the PNGs.")
+def plot(
+    params_path: Path,
+    train_path: Path,
+    test_path: Path,
+    curves_dir: Path,
+    models_dir: Path,
+    metrics_path: Path,
+    figures_dir: Path,
+) -> None:
+    """Stage plot: render the comparison figures and attach them to the train run."""
+    from stages import plot as stage
+
+    paths, run_id = stage.run(
+        _load(params_path),
+        train_path,
+        test_path,
+        curves_dir,
+        models_dir,
+        metrics_path,
+        figures_dir,
+    )
+    for path in paths:
+        click.echo(f"wrote {path}")
+    if run_id:
+        click.echo(f"attached to MLflow run {run_id}")
+    else:
+        click.echo("no MLflow train run matches these metrics; figures not attached")
+
+
+@cli.command()
+def schedulers() -> None:
+    """List every schedule type params.yaml accepts, with its arguments."""
+    from pipeline.schedules import available_types
+
+    table = Table(box=None)
+    table.add_column("type", no_wrap=True)
+    table.add_column("from", no_wrap=True)
+    table.add_column("arguments (default)")
+    table.add_column("what it does")
+    for row in available_types():
+        table.add_row(row["type"], row["source"], row["arguments"], row["summary"])
+    _console().print(table)
+
+
+@cli.command()
+@params_option
+@click.argument("names", nargs=-1)
+@click.option(
+    "--steps", type=click.IntRange(min=1), help="Steps to preview [default: train.epochs]."
+)
+@click.option(
+    "--rows",
+    type=click.IntRange(min=2),
+    default=11,
+    show_default=True,
+    help="Rows of the printed table, evenly spaced over the steps.",
+)
+@click.option("--png", "png_path", type=PATH, help="Also draw the curves to this PNG.")
+def preview(
+    params_path: Path, names: tuple[str, ...], steps: int | None, rows: int, png_path: Path | None
+) -> None:
+    """Show the learning rate each update would use, from params alone, without training.
+
+    NAMES are run names from params.yaml (all when none). ReduceLROnPlateau is shown as if the
+    loss never improved: the fastest decay it can make.
+    """
+    import numpy as np
+
+    from pipeline import figures, files
+    from pipeline.schedules import preview as preview_rates
+
+    params = _load(params_path)
+    known = [spec.name for spec in params.schedules]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise click.ClickException(
+            f"no schedule named {', '.join(unknown)} in {params_path}; known: {', '.join(known)}"
+        )
+    chosen = [params.schedule(name) for name in (names or known)]
+    epochs = steps or params.train.epochs
+    train = params.train
+    curves = {}
+    for spec in chosen:
+        rates = preview_rates(spec, epochs, train.lr, train.optimizer, train.momentum)
+        curves[spec.name] = {"step": np.arange(epochs), "lr": rates[:, 0]}
+        if rates.shape[1] > 1:
+            curves[spec.name].update({f"lr/{g}": rates[:, i] for i, g in enumerate(spec.groups)})
+    shown = np.unique(np.linspace(0, epochs - 1, rows).round().astype(int))
+    table = Table("step", *curves, box=None)
+    for step in shown:
+        table.add_row(str(step), *(f"{curve['lr'][step]:.6g}" for curve in curves.values()))
+    _console().print(table)
+    if png_path:
+        files.write_bytes(png_path, figures.png_bytes(figures.learning_rates(curves)))
+        click.echo(f"wrote {png_path}")
+
+
+@cli.command()
+@params_option
+def validate(params_path: Path) -> None:
+    """Check a params file the way every stage does, and summarise it."""
+    params = _load(params_path)
+    click.echo(
+        f"{params_path} is valid: {len(params.schedules)} schedules "
+        f"({', '.join(spec.name for spec in params.schedules)}), {params.train.epochs} steps, "
+        f"{params.train.optimizer} at lr {params.train.lr}"
+    )
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=5000, show_default=True, type=int, help="Port to listen on.")
+def ui(host: str, port: int) -> None:
+    """Open the MLflow UI on the project's store (MLFLOW_TRACKING_URI, else mlflow.db)."""
+    from pipeline import tracking
+
+    uri = tracking.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        click.echo(f"the store is a tracking server: browse {uri}")
+        return
+    mlflow = shutil.which("mlflow") or "mlflow"
+    click.echo(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C stops it)")
+    os.execvp(
+        mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    )

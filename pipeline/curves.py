@@ -1,0 +1,55 @@
+"""Per-step tables: one CSV per run, ``step,lr,loss`` plus ``lr/<group>`` with several groups."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import files
+from pipeline.training import RunResult
+
+
+def series(result: RunResult) -> dict[str, np.ndarray]:
+    """The named per-step series of a run, as logged to MLflow and written to CSV."""
+    named = {"lr": result.rates[:, 0], "loss": result.losses}
+    if len(result.groups) > 1:
+        for index, group in enumerate(result.groups):
+            named[f"lr/{group}"] = result.rates[:, index]
+    return named
+
+
+def to_csv(named: dict[str, np.ndarray]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["step", *named])
+    columns = [values.tolist() for values in named.values()]
+    for step, row in enumerate(zip(*columns, strict=True)):
+        writer.writerow([step, *map(repr, row)])
+    return buffer.getvalue()
+
+
+def write(result: RunResult, folder: Path) -> Path:
+    path = folder / f"{result.name}.csv"
+    files.write_text(path, to_csv(series(result)))
+    return path
+
+
+def read(path: str | Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        rows = [[float(value) for value in row] for row in reader]
+    table = np.array(rows, dtype=np.float64).reshape(-1, len(header))
+    return {name: table[:, index] for index, name in enumerate(header)}
+
+
+def read_all(folder: str | Path, names: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    """The tables of the named runs, in that order; a missing one is an error."""
+    folder = Path(folder)
+    missing = [name for name in names if not (folder / f"{name}.csv").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} has no table for {', '.join(missing)}; re-run train")
+    return {name: read(folder / f"{name}.csv") for name in names}

@@ -1,0 +1,54 @@
+"""The tutorial's data: scikit-learn's two moons, plus a held-out test set of its own seed."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.datasets import make_moons
+
+from pipeline import files
+
+HEADER = ("x1", "x2", "label")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    features: np.ndarray  # (n, 2) float64, as make_moons returns them
+    labels: np.ndarray  # (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def generate(n_samples: int, noise: float, seed: int) -> Dataset:
+    features, labels = make_moons(n_samples, noise=noise, random_state=seed)
+    return Dataset(features.astype(np.float64), labels.astype(np.int64))
+
+
+def to_csv(dataset: Dataset) -> str:
+    # repr() gives the shortest text that reads back to the same float: exact and byte-stable.
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(HEADER)
+    for (x1, x2), label in zip(dataset.features.tolist(), dataset.labels.tolist(), strict=True):
+        writer.writerow((repr(x1), repr(x2), label))
+    return buffer.getvalue()
+
+
+def write(dataset: Dataset, path: str | Path) -> None:
+    files.write_text(path, to_csv(dataset))
+
+
+def read(path: str | Path) -> Dataset:
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or tuple(rows[0]) != HEADER:
+        raise ValueError(f"{path}: expected a CSV with header {','.join(HEADER)}")
+    body = rows[1:]
+    features = np.array([[float(r[0]), float(r[1])] for r in body], dtype=np.float64)
+    labels = np.array([int(r[2]) for r in body], dtype=np.int64)
+    return Dataset(features.reshape(-1, 2), labels)

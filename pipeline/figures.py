@@ -1,0 +1,148 @@
+"""Comparison figures: every schedule on one chart, so the schedules can be told apart at a glance.
+
+PNG files carry no timestamp or version string (``metadata={"Software": None}``), so the same
+inputs give the same bytes and DVC sees no change.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: render to files only
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from pipeline.data import Dataset
+from pipeline.model import LogicNet
+
+Curves = Mapping[str, Mapping[str, np.ndarray]]
+DPI = 120
+
+
+def _colors(count: int) -> list:
+    palette = plt.get_cmap("tab10" if count <= 10 else "tab20")
+    return [palette(index % palette.N) for index in range(count)]
+
+
+def png_bytes(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def learning_rates(curves: Curves) -> Figure:
+    """The tutorial's figure for every schedule at once, on a linear and on a log scale.
+
+    The log panel shows multiplicative decays (StepLR, ExponentialLR, ...) as what they are and
+    keeps small rates visible beside a large peak. Per-layer groups are dashed.
+    """
+    figure, (linear, log) = plt.subplots(
+        2, 1, figsize=(11, 8), sharex=True, layout="constrained", height_ratios=(3, 2)
+    )
+    for color, (name, table) in zip(_colors(len(curves)), curves.items(), strict=True):
+        groups = [key for key in table if key.startswith("lr/")]
+        lines = [(key, f"{name} ({key[3:]})") for key in groups] or [("lr", name)]
+        for style, (key, label) in zip(("-", "--", ":", "-."), lines, strict=False):
+            for axes in (linear, log):
+                axes.plot(table["step"], table[key], style, color=color, label=label)
+    linear.set(title="Learning rate used by each update", ylabel="learning rate")
+    log.set(xlabel="step (update)", ylabel="learning rate (log scale)", yscale="log")
+    for axes in (linear, log):
+        axes.grid(alpha=0.3, which="both")
+    linear.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    return figure
+
+
+def losses(curves: Curves) -> Figure:
+    figure, axes = plt.subplots(figsize=(11, 6), layout="constrained")
+    for color, (name, table) in zip(_colors(len(curves)), curves.items(), strict=True):
+        axes.plot(table["step"], table["loss"], color=color, label=name, linewidth=1.2)
+    axes.set_yscale("log")
+    axes.set(
+        title="Training loss (full batch)",
+        xlabel="step (update)",
+        ylabel="cross-entropy loss (log scale)",
+    )
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    return figure
+
+
+def decision_boundaries(
+    models: Mapping[str, LogicNet], train_set: Dataset, test_set: Dataset, metrics: Mapping
+) -> Figure:
+    """Small multiples: each trained model's decision regions over the data."""
+    columns = min(4, len(models))
+    rows = math.ceil(len(models) / columns)
+    figure, grid = plt.subplots(
+        rows,
+        columns,
+        figsize=(3.6 * columns, 3.4 * rows),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+        layout="constrained",
+    )
+    everything = np.vstack([train_set.features, test_set.features])
+    low, high = everything.min(axis=0) - 0.5, everything.max(axis=0) + 0.5
+    xs, ys = np.meshgrid(np.linspace(low[0], high[0], 200), np.linspace(low[1], high[1], 200))
+    points = torch.from_numpy(np.c_[xs.ravel(), ys.ravel()]).float()
+    for axes, (name, model) in zip(grid.flat, models.items(), strict=False):
+        with torch.no_grad():
+            regions = model.predict(points).numpy().reshape(xs.shape)
+        axes.contourf(xs, ys, regions, levels=[-0.5, 0.5, 1.5], colors=["#f4c7c3", "#c6dbef"])
+        axes.scatter(*test_set.features.T, c=test_set.labels, cmap="coolwarm", s=6, alpha=0.25)
+        axes.scatter(
+            *train_set.features.T, c=train_set.labels, cmap="coolwarm", s=30, edgecolors="black"
+        )
+        accuracy = metrics[name]["test_accuracy"]
+        axes.set_title(f"{name}\ntest accuracy {accuracy:.1%}", fontsize="medium")
+    for axes in grid.flat[len(models) :]:
+        axes.set_visible(False)
+    for axes in grid[-1]:
+        axes.set_xlabel("x1")
+    for axes in grid[:, 0]:
+        axes.set_ylabel("x2")
+    figure.suptitle("Decision boundaries (large dots: train set; faint: test set)")
+    return figure
+
+
+def final_metrics(metrics: Mapping[str, Mapping[str, float]]) -> Figure:
+    names = list(metrics)
+    positions = np.arange(len(names))
+    figure, (left, right) = plt.subplots(
+        1, 2, figsize=(12, 0.45 * len(names) + 1.8), sharey=True, layout="constrained"
+    )
+    height = 0.38
+    left.barh(
+        positions - height / 2, [metrics[n]["train_accuracy"] for n in names], height, label="train"
+    )
+    left.barh(
+        positions + height / 2, [metrics[n]["test_accuracy"] for n in names], height, label="test"
+    )
+    left.set(xlabel="accuracy", xlim=(0, 1.12), title="Final accuracy")
+    right.barh(
+        positions - height / 2, [metrics[n]["final_loss"] for n in names], height, label="train"
+    )
+    right.barh(
+        positions + height / 2, [metrics[n]["test_loss"] for n in names], height, label="test"
+    )
+    right.set(xlabel="cross-entropy loss", title="Final loss")
+    right.margins(x=0.15)
+    for axes in (left, right):
+        for bars in axes.containers:
+            axes.bar_label(bars, fmt="%.3g", padding=2, fontsize="x-small")
+    figure.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncols=2)
+    left.set_yticks(positions, names)
+    left.invert_yaxis()
+    for axes in (left, right):
+        axes.grid(alpha=0.3, axis="x")
+    return figure

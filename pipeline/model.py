@@ -1,0 +1,50 @@
+"""The tutorial's LogicNet: Linear -> tanh -> Linear, cross-entropy loss, argmax prediction."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from torch import nn
+
+# The tutorial's own attribute names; per-layer param groups are named after them.
+LAYER_NAMES = ("Liner1", "Liner2")
+
+
+class LogicNet(nn.Module):
+    def __init__(self, inputdim: int = 2, hiddendim: int = 3, outputdim: int = 2) -> None:
+        super().__init__()
+        self.Liner1 = nn.Linear(inputdim, hiddendim)
+        self.Liner2 = nn.Linear(hiddendim, outputdim)
+        self.criterion = nn.CrossEntropyLoss()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.Liner2(torch.tanh(self.Liner1(x)))
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.argmax(torch.softmax(self.forward(x), dim=1), dim=1)
+
+    def getloss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.criterion(self.forward(x), y)
+
+
+def param_groups(model: LogicNet, per_layer: bool) -> list[dict]:
+    """One group for the whole model, or one named group per layer (the fine-tuning case)."""
+    if not per_layer:
+        return [{"params": list(model.parameters()), "name": "all"}]
+    return [
+        {"params": list(getattr(model, layer).parameters()), "name": layer} for layer in LAYER_NAMES
+    ]
+
+
+def weights_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
+    """The state dict as torch.save writes it, for an atomic write."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    return buffer.getvalue()
+
+
+def load_model(path: str, hidden_dim: int) -> LogicNet:
+    model = LogicNet(inputdim=2, hiddendim=hidden_dim, outputdim=2)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()

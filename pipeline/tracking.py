@@ -1,0 +1,204 @@
+"""MLflow records: a parent run per train execution, a child run per schedule.
+
+The store is ``MLFLOW_TRACKING_URI`` when set, else an embedded SQLite file (``mlflow.db``) at
+the project root, with artifacts beside it in ``mlartifacts/``: no server to start. Per-step
+metrics go through ``log_batch`` in chunks of MLflow's limit, never one round trip per value.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+
+DEFAULT_STORE = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+PARENT_KIND_TAG = "lrsched.kind"
+OUTPUTS_TAG = "lrsched.metrics_sha256"
+
+
+def tracking_uri(root: str | Path = ".") -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the embedded SQLite store under ``root``."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    return f"sqlite:///{(Path(root) / DEFAULT_STORE).resolve()}"
+
+
+def _artifact_location(uri: str) -> str | None:
+    # A local SQLite store keeps its artifacts in a folder beside the database; a server
+    # decides for itself.
+    if uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///"))
+        return (database.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
+    return None
+
+
+def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=_artifact_location(uri))
+
+
+def git_state(root: str | Path = ".") -> dict[str, str]:
+    """The commit the code came from, and whether the work tree differed from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+    return {
+        "git.commit": commit,
+        "git.dirty": str(dirty).lower(),
+        "mlflow.source.git.commit": commit,
+    }
+
+
+def environment_tags(device: str) -> dict[str, str]:
+    import torch
+
+    tags = {
+        "torch.version": torch.__version__,
+        "python.version": platform.python_version(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        tags["cuda.device_name"] = torch.cuda.get_device_name(0)
+    # Set by the Docker images, so that a run says which image it ran in.
+    for variable, tag in (
+        ("LRSCHED_IMAGE", "docker.image"),
+        ("LRSCHED_IMAGE_DIGEST", "docker.digest"),
+    ):
+        if os.environ.get(variable):
+            tags[tag] = os.environ[variable]
+    return tags
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"lr": 0.01}}`` -> ``{"train.lr": "0.01"}``; lists stay whole."""
+    flat: dict[str, str] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def step_metrics(series: Mapping[str, Iterable[float]], timestamp: int) -> list[Metric]:
+    return [
+        Metric(key, float(value), timestamp, step)
+        for key, values in series.items()
+        for step, value in enumerate(values)
+    ]
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Recorder:
+    """One parent run, and child runs under it; the parent ends FAILED if the block raises."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = experiment_id(self.client, experiment, uri)
+        self.parent_id: str | None = None
+
+    @contextmanager
+    def parent(self, name: str, params: Mapping[str, str], tags: Mapping[str, str]):
+        run = self.client.create_run(
+            self.experiment_id, run_name=name, tags={PARENT_KIND_TAG: "train", **tags}
+        )
+        self.parent_id = run.info.run_id
+        status = "FAILED"
+        try:
+            self.log(self.parent_id, params=params)
+            yield self
+            status = "FINISHED"
+        finally:
+            self.client.set_terminated(self.parent_id, status)
+
+    def tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.parent_id, key, value)
+
+    def child(
+        self,
+        name: str,
+        params: Mapping[str, str],
+        tags: Mapping[str, str],
+        series: Mapping[str, Iterable[float]],
+        final: Mapping[str, float],
+        artifacts: Mapping[str, Path],
+    ) -> str:
+        """Log one finished run whole: params, tags, per-step series, final metrics, files."""
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=name,
+            tags={"mlflow.parentRunId": self.parent_id, PARENT_KIND_TAG: "schedule", **tags},
+        )
+        run_id = run.info.run_id
+        status = "FAILED"
+        try:
+            now = int(time.time() * 1000)
+            metrics = step_metrics(series, now)
+            metrics += [Metric(key, float(value), now, 0) for key, value in final.items()]
+            self.log(run_id, params=params, metrics=metrics)
+            for folder, path in artifacts.items():
+                self.client.log_artifact(run_id, str(path), artifact_path=folder)
+            status = "FINISHED"
+        finally:
+            self.client.set_terminated(run_id, status)
+        return run_id
+
+    def log(
+        self,
+        run_id: str,
+        params: Mapping[str, str] | None = None,
+        metrics: list[Metric] | None = None,
+    ) -> None:
+        param_list = [Param(k, v) for k, v in (params or {}).items()]
+        for chunk in _chunks(param_list, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, params=chunk, synchronous=True)
+        for chunk in _chunks(metrics or [], MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=chunk, synchronous=True)
+
+
+def find_train_run(uri: str, experiment: str, metrics_digest: str) -> str | None:
+    """The newest train parent run whose metrics file had this digest, if any."""
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{OUTPUTS_TAG}` = '{metrics_digest}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def attach_files(uri: str, run_id: str, paths: Iterable[Path], folder: str) -> None:
+    client = MlflowClient(tracking_uri=uri)
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path=folder)

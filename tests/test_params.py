@@ -1,0 +1,209 @@
+"""Bad params: one clear message naming the key and the value, a non-zero exit, nothing written."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.params import ParamsError, load_params, parse_params
+from tests.conftest import tiny_document
+
+
+def _set(document: dict, path: str, value) -> dict:
+    *parents, leaf = path.split(".")
+    node = document
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return document
+
+
+def _drop(document: dict, path: str) -> dict:
+    *parents, leaf = path.split(".")
+    node = document
+    for key in parents:
+        node = node[key]
+    del node[leaf]
+    return document
+
+
+LAMBDA = "schedulers.LambdaLR.lr_lambda.Liner1"
+# (id, how to break the tiny params, text the message must contain)
+CASES = [
+    ("negative lr", lambda d: _set(d, "train.lr", -1), ["train.lr", "-1", "greater than 0"]),
+    ("lr as text", lambda d: _set(d, "train.lr", "fast"), ["train.lr", "'fast'", "valid number"]),
+    ("lr is nan", lambda d: _set(d, "train.lr", float("nan")), ["train.lr", "finite"]),
+    ("lr is inf", lambda d: _set(d, "train.lr", float("inf")), ["train.lr", "finite"]),
+    ("fractional epochs", lambda d: _set(d, "train.epochs", 1.5), ["train.epochs", "1.5"]),
+    ("zero epochs", lambda d: _set(d, "train.epochs", 0), ["train.epochs", "0", "greater than 0"]),
+    ("epochs as bool", lambda d: _set(d, "train.epochs", True), ["train.epochs", "True"]),
+    (
+        "unknown optimizer",
+        lambda d: _set(d, "train.optimizer", "rmsprop"),
+        ["train.optimizer", "'rmsprop'", "'adam' or 'sgd'"],
+    ),
+    ("unknown device", lambda d: _set(d, "train.device", "tpu"), ["train.device", "'tpu'"]),
+    ("noise out of range", lambda d: _set(d, "data.noise", -0.1), ["data.noise", "-0.1"]),
+    ("hidden_dim as text", lambda d: _set(d, "model.hidden_dim", "3"), ["model.hidden_dim", "'3'"]),
+    ("misspelt section", lambda d: _set(d, "trian", {"lr": 1}), ["trian", "unknown key"]),
+    (
+        "misspelt key",
+        lambda d: _set(d, "train.learning_rate", 0.1),
+        ["train.learning_rate", "unknown key"],
+    ),
+    ("no schedulers", lambda d: _set(d, "schedulers", {}), ["schedulers", "at least 1"]),
+    ("schedulers missing", lambda d: _drop(d, "schedulers"), ["schedulers", "missing"]),
+    (
+        "unknown scheduler type",
+        lambda d: _set(d, "schedulers.StepLR.type", "FastLR"),
+        ["schedulers.StepLR.type", "'FastLR'", "CosineAnnealingLR"],
+    ),
+    (
+        "unknown kwarg",
+        lambda d: _set(d, "schedulers.StepLR.stepsize", 3),
+        ["schedulers.StepLR.stepsize", "step_size, gamma"],
+    ),
+    (
+        "missing kwarg",
+        lambda d: _drop(d, "schedulers.StepLR.step_size"),
+        ["schedulers.StepLR.step_size", "needs"],
+    ),
+    (
+        "kwarg of the wrong type",
+        lambda d: _set(d, "schedulers.StepLR.gamma", "0.9"),
+        ["schedulers.StepLR", "StepLR rejects"],
+    ),
+    (
+        "rate blows up",
+        lambda d: _set(d, "schedulers.ExponentialLR.gamma", 1e308),
+        ["schedulers.ExponentialLR", "inf"],
+    ),
+    (
+        "manual every zero",
+        lambda d: _set(d, "schedulers.manual.every", 0),
+        ["schedulers.manual.every", "0", "positive integer"],
+    ),
+    (
+        "bad run name",
+        lambda d: _set(d, "schedulers", {"../escape": {"type": "constant"}}),
+        ["schedulers.../escape", "not allowed"],
+    ),
+    (
+        "rule imports",
+        lambda d: _set(d, LAMBDA, "__import__('os').system('true')"),
+        [LAMBDA, "calling \"__import__('os').system\" is not allowed"],
+    ),
+    (
+        "rule reaches attributes",
+        lambda d: _set(d, LAMBDA, "step.__class__"),
+        [LAMBDA, "attribute access"],
+    ),
+    (
+        "rule recurses",
+        lambda d: _set(d, LAMBDA, "(lambda f: f(f))(lambda f: f(f))"),
+        [LAMBDA, "not allowed"],
+    ),
+    (
+        "rule with a huge exponent",
+        lambda d: _set(d, LAMBDA, "10 ** 10 ** 10"),
+        [LAMBDA, "fails at step 0"],
+    ),
+    ("rule goes negative", lambda d: _set(d, LAMBDA, "1 - step"), [LAMBDA, "must be >= 0"]),
+    (
+        "rule divides by zero",
+        lambda d: _set(d, LAMBDA, "1 / abs(step - 3)"),
+        [LAMBDA, "fails at step 3"],
+    ),
+    ("rule is not text", lambda d: _set(d, LAMBDA, 0.5), [LAMBDA, "must be a string"]),
+    ("rule is unknown name", lambda d: _set(d, LAMBDA, "epoch * 2"), [LAMBDA, "'epoch'"]),
+    ("layer rule missing", lambda d: _drop(d, LAMBDA), ["schedulers.LambdaLR.lr_lambda", "Liner2"]),
+    (
+        "plateau watches nothing we record",
+        lambda d: _set(d, "schedulers.ReduceLROnPlateau.monitor", "val_loss"),
+        ["schedulers.ReduceLROnPlateau.monitor", "'val_loss'", "loss, accuracy"],
+    ),
+    (
+        "nested entry is wrong",
+        lambda d: _set(
+            d, "schedulers.warmup_cosine.schedulers", [{"type": "LinearLR", "start": 0.1}]
+        ),
+        ["schedulers.warmup_cosine.schedulers[0].start"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "break_params, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_params_name_the_key_and_value(break_params, expected):
+    document = break_params(copy.deepcopy(tiny_document()))
+    with pytest.raises(ParamsError) as caught:
+        parse_params(document)
+    for text in expected:
+        assert text in str(caught.value), str(caught.value)
+
+
+def test_yaml_alias_bomb_is_refused(tmp_path):
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for level in range(1, 9):
+        previous = f"*a{level - 1}"
+        lines.append(f"a{level}: &a{level} [{', '.join([previous] * 10)}]")
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ParamsError, match="alias bomb"):
+        load_params(path)
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    document = tiny_document()
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(document).replace("lr: 0.01", "lr: 1e-2"))
+    assert load_params(path).train.lr == 0.01
+
+
+def test_a_bad_file_stops_every_stage_before_it_writes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    good = tmp_path / "params.yaml"
+    good.write_text(yaml.safe_dump(tiny_document()))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["generate", "--train", "train.csv", "--test", "test.csv"])
+    assert result.exit_code == 0, result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_set(tiny_document(), "train.lr", -1)))
+    before = sorted(p.name for p in Path(tmp_path).iterdir())
+
+    train = runner.invoke(
+        cli,
+        [
+            "train",
+            "--params",
+            "bad.yaml",
+            "--train",
+            "train.csv",
+            "--test",
+            "test.csv",
+            "--curves",
+            "curves",
+            "--models",
+            "models",
+            "--metrics",
+            "metrics.json",
+        ],
+    )
+    generate = runner.invoke(
+        cli, ["generate", "--params", "bad.yaml", "--train", "t2.csv", "--test", "t3.csv"]
+    )
+    for result in (train, generate):
+        assert result.exit_code == 1
+        assert (
+            "Error: bad.yaml is invalid:\n  - train.lr: got -1; input should be greater than 0"
+            in (result.output)
+        )
+    assert sorted(p.name for p in Path(tmp_path).iterdir()) == before  # no output, no store
