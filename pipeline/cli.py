@@ -70,6 +70,9 @@ def generate(params_path: Path, train_path: Path, test_path: Path) -> None:
     "--models", "models_dir", type=PATH, required=True, help="Folder for trained weights."
 )
 @click.option("--metrics", "metrics_path", type=PATH, required=True, help="Final metrics JSON.")
+@click.option(
+    "--steps", "steps_path", type=PATH, required=True, help="All runs' steps in one CSV, for DVC."
+)
 def train(
     params_path: Path,
     train_path: Path,
@@ -77,6 +80,7 @@ def train(
     curves_dir: Path,
     models_dir: Path,
     metrics_path: Path,
+    steps_path: Path,
 ) -> None:
     """Stage train: train LogicNet under every schedule; record each run to MLflow."""
     from stages import train as stage
@@ -93,7 +97,14 @@ def train(
 
     click.echo(f"training {len(params.schedules)} schedules x {params.train.epochs} steps")
     summary = stage.run(
-        params, train_path, test_path, curves_dir, models_dir, metrics_path, on_run=report
+        params,
+        train_path,
+        test_path,
+        curves_dir,
+        models_dir,
+        metrics_path,
+        steps_path,
+        on_run=report,
     )
     click.echo(
         f"done in {summary.seconds:.1f} s on {summary.device}; MLflow parent run "

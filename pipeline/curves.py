@@ -31,6 +31,18 @@ def to_csv(named: dict[str, np.ndarray]) -> str:
     return buffer.getvalue()
 
 
+def long_table(results: list[RunResult]) -> str:
+    """Every run in one table, ``step,scheduler,lr,loss``: DVC draws a line per scheduler."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["step", "scheduler", "lr", "loss"])
+    for result in results:
+        rates, losses = result.rates[:, 0].tolist(), result.losses.tolist()
+        for step, (rate, loss) in enumerate(zip(rates, losses, strict=True)):
+            writer.writerow([step, result.name, repr(rate), repr(loss)])
+    return buffer.getvalue()
+
+
 def write(result: RunResult, folder: Path) -> Path:
     path = folder / f"{result.name}.csv"
     files.write_text(path, to_csv(series(result)))

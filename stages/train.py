@@ -30,6 +30,7 @@ def run(
     curves_dir: Path,
     models_dir: Path,
     metrics_path: Path,
+    steps_path: Path,
     on_run: Callable[[RunResult], None] = lambda result: None,
 ) -> TrainSummary:
     started = time.perf_counter()
@@ -67,8 +68,9 @@ def run(
                 )
                 results.append(result)
                 on_run(result)
-        metrics_text = metrics_json(results)
-        files.write_text(metrics_path, metrics_text)
+        files.write_text(steps_path, curves.long_table(results))
+        # Last: a metrics file on disk means every other output of this run is complete.
+        files.write_text(metrics_path, metrics_json(results))
         recorder.tag(tracking.OUTPUTS_TAG, files.sha256_files([metrics_path]))
     return TrainSummary(
         tuple(results), recorder.parent_id, uri, str(device), time.perf_counter() - started
