@@ -35,8 +35,12 @@ def _load(path: Path) -> Params:
         raise click.ClickException(str(error)) from None
 
 
-def _console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+def _console(wrap: bool = False) -> Console:
+    # Numeric tables keep their natural width: never truncated to a guessed 80 columns when
+    # piped. Prose tables (wrap=True) fold to the terminal instead.
+    if wrap:
+        return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True, width=1000)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -161,7 +165,7 @@ def schedulers() -> None:
     table.add_column("what it does")
     for row in available_types():
         table.add_row(row["type"], row["source"], row["arguments"], row["summary"])
-    _console().print(table)
+    _console(wrap=True).print(table)
 
 
 @cli.command()
@@ -171,15 +175,15 @@ def schedulers() -> None:
     "--steps", type=click.IntRange(min=1), help="Steps to preview [default: train.epochs]."
 )
 @click.option(
-    "--rows",
+    "--points",
     type=click.IntRange(min=2),
-    default=11,
+    default=6,
     show_default=True,
-    help="Rows of the printed table, evenly spaced over the steps.",
+    help="Steps shown in the table, evenly spaced from the first to the last.",
 )
 @click.option("--png", "png_path", type=PATH, help="Also draw the curves to this PNG.")
 def preview(
-    params_path: Path, names: tuple[str, ...], steps: int | None, rows: int, png_path: Path | None
+    params_path: Path, names: tuple[str, ...], steps: int | None, points: int, png_path: Path | None
 ) -> None:
     """Show the learning rate each update would use, from params alone, without training.
 
@@ -207,10 +211,10 @@ def preview(
         curves[spec.name] = {"step": np.arange(epochs), "lr": rates[:, 0]}
         if rates.shape[1] > 1:
             curves[spec.name].update({f"lr/{g}": rates[:, i] for i, g in enumerate(spec.groups)})
-    shown = np.unique(np.linspace(0, epochs - 1, rows).round().astype(int))
-    table = Table("step", *curves, box=None)
-    for step in shown:
-        table.add_row(str(step), *(f"{curve['lr'][step]:.6g}" for curve in curves.values()))
+    shown = np.unique(np.linspace(0, epochs - 1, points).round().astype(int))
+    table = Table("schedule \\ step", *map(str, shown), box=None)
+    for name, curve in curves.items():
+        table.add_row(name, *(f"{curve['lr'][step]:.4g}" for step in shown))
     _console().print(table)
     if png_path:
         files.write_bytes(png_path, figures.png_bytes(figures.learning_rates(curves)))
