@@ -80,9 +80,8 @@ def main() -> None:
     for label, key in rows:
         runs = ", ".join(f"{value:.1f}" for value in timings[key])
         print(f"| {label} | {median[key]:.1f} | {runs} |")
-    print(
-        f"\nspeed-up of `dvc repro -f` over the reference: {median['reference'] / median['repro']:.1f}x"
-    )
+    speedup = median["reference"] / median["repro"]
+    print(f"\nspeed-up of `dvc repro -f` over the reference: {speedup:.1f}x")
 
 
 if __name__ == "__main__":

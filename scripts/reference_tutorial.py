@@ -12,7 +12,6 @@ import torch
 
 from pipeline.model import LogicNet
 
-
 NAMES = [
     "manual",
     "StepLR",
