@@ -6,6 +6,7 @@ user reaches for: ``schedulers``, ``preview``, ``validate`` and ``ui``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -32,6 +33,16 @@ def _load(path: Path) -> Params:
     try:
         return load_params(path)
     except ParamsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@contextlib.contextmanager
+def _tracking_errors():
+    from pipeline.tracking import TrackingUnavailable
+
+    try:
+        yield
+    except TrackingUnavailable as error:
         raise click.ClickException(str(error)) from None
 
 
@@ -100,16 +111,22 @@ def train(
         )
 
     click.echo(f"training {len(params.schedules)} schedules x {params.train.epochs} steps")
-    summary = stage.run(
-        params,
-        train_path,
-        test_path,
-        curves_dir,
-        models_dir,
-        metrics_path,
-        steps_path,
-        on_run=report,
-    )
+    with _tracking_errors():
+        summary = stage.run(
+            params,
+            train_path,
+            test_path,
+            curves_dir,
+            models_dir,
+            metrics_path,
+            steps_path,
+            on_run=report,
+        )
+    if summary.reaped:
+        click.echo(
+            f"marked FAILED {len(summary.reaped)} run(s) that a killed train left RUNNING: "
+            + ", ".join(summary.reaped)
+        )
     click.echo(
         f"done in {summary.seconds:.1f} s on {summary.device}; MLflow parent run "
         f"{summary.parent_run_id} in {summary.tracking_uri}"
@@ -136,15 +153,11 @@ def plot(
     """Stage plot: render the comparison figures and attach them to the train run."""
     from stages import plot as stage
 
-    paths, run_id = stage.run(
-        _load(params_path),
-        train_path,
-        test_path,
-        curves_dir,
-        models_dir,
-        metrics_path,
-        figures_dir,
-    )
+    params = _load(params_path)
+    with _tracking_errors():
+        paths, run_id = stage.run(
+            params, train_path, test_path, curves_dir, models_dir, metrics_path, figures_dir
+        )
     for path in paths:
         click.echo(f"wrote {path}")
     if run_id:

@@ -8,6 +8,7 @@ POSIX within one file system).
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import shutil
@@ -16,10 +17,41 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
+def _prefix(path: Path) -> str:
+    # The writer's pid in the name lets a later writer tell abandoned leftovers from live ones.
+    return f".{path.name}.{os.getpid()}."
+
+
+def clear_abandoned(path: Path) -> list[Path]:
+    """Remove what a killed writer of ``path`` left beside it; returns what was removed."""
+    removed = []
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        pid = leftover.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    clear_abandoned(path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -41,7 +73,8 @@ def staged_directory(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    clear_abandoned(path)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp"))
     try:
         yield staging
         if path.exists():

@@ -7,8 +7,10 @@ metrics go through ``log_batch`` in chunks of MLflow's limit, never one round tr
 
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -17,13 +19,28 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+
+from pipeline import files
 
 DEFAULT_STORE = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 PARENT_KIND_TAG = "lrsched.kind"
 OUTPUTS_TAG = "lrsched.metrics_sha256"
+HOST_TAG, PID_TAG, FAILURE_TAG = "lrsched.host", "lrsched.pid", "lrsched.failure"
+# MLflow's HTTP client retries a refused connection for minutes by default; a pipeline should
+# say at once that its server is not there. Users can still override both.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow store cannot be reached or written; the message says which and what to do."""
 
 
 def tracking_uri(root: str | Path = ".") -> str:
@@ -41,6 +58,22 @@ def _artifact_location(uri: str) -> str | None:
         database = Path(uri.removeprefix("sqlite:///"))
         return (database.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
     return None
+
+
+@contextmanager
+def _exclusive(uri: str) -> Iterator[None]:
+    """Serialise opening an embedded store: two processes must not both create its tables."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
@@ -116,18 +149,66 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 
 class Recorder:
-    """One parent run, and child runs under it; the parent ends FAILED if the block raises."""
+    """One parent run, and child runs under it; the parent ends FAILED if the block raises.
+
+    Opening a recorder checks the store at once (a clear error before any training), and marks
+    FAILED the runs that a killed train process on this host left RUNNING.
+    """
 
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = experiment_id(self.client, experiment, uri)
+        if uri.startswith(("http://", "https://")):
+            for variable, value in HTTP_DEFAULTS.items():
+                os.environ.setdefault(variable, value)
+        self.process_tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
         self.parent_id: str | None = None
+        try:
+            with _exclusive(uri):
+                self.client = MlflowClient(tracking_uri=uri)
+                self.experiment_id = experiment_id(self.client, experiment, uri)
+                self.reaped = self._reap_abandoned_runs()
+        except (MlflowException, OSError) as error:
+            raise TrackingUnavailable(
+                f"cannot use the MLflow store {uri}: {_first_line(error)}\n"
+                "Start the tracking server, fix MLFLOW_TRACKING_URI, or unset it to use the "
+                "embedded store. Nothing was trained or written."
+            ) from None
+
+    def _reap_abandoned_runs(self) -> list[str]:
+        """Mark FAILED the RUNNING runs of train processes on this host that no longer exist."""
+        host = self.process_tags[HOST_TAG]
+        running = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+            max_results=1000,
+        )
+        reaped = []
+        for run in running:
+            pid = int(run.data.tags.get(PID_TAG, "0"))
+            if pid and not files.process_alive(pid):
+                self.client.set_tag(
+                    run.info.run_id,
+                    FAILURE_TAG,
+                    f"train process {pid} on {host} ended before finishing (killed?)",
+                )
+                self.client.set_terminated(run.info.run_id, "FAILED")
+                reaped.append(run.info.run_id)
+        return reaped
+
+    def _terminate(self, run_id: str, status: str) -> None:
+        try:
+            self.client.set_terminated(run_id, status)
+        except (MlflowException, OSError):
+            # The store went away: the next train on this host marks the run FAILED.
+            if status == "FINISHED":
+                raise
 
     @contextmanager
     def parent(self, name: str, params: Mapping[str, str], tags: Mapping[str, str]):
         run = self.client.create_run(
-            self.experiment_id, run_name=name, tags={PARENT_KIND_TAG: "train", **tags}
+            self.experiment_id,
+            run_name=name,
+            tags={PARENT_KIND_TAG: "train", **self.process_tags, **tags},
         )
         self.parent_id = run.info.run_id
         status = "FAILED"
@@ -135,8 +216,14 @@ class Recorder:
             self.log(self.parent_id, params=params)
             yield self
             status = "FINISHED"
+        except (MlflowException, OSError) as error:
+            raise TrackingUnavailable(
+                f"lost the MLflow store {self.uri} mid-run: {_first_line(error)}\n"
+                "No output was written; the runs of this attempt are marked FAILED now, or by "
+                "the next train on this host if the store cannot be reached."
+            ) from None
         finally:
-            self.client.set_terminated(self.parent_id, status)
+            self._terminate(self.parent_id, status)
 
     def tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.parent_id, key, value)
@@ -154,7 +241,12 @@ class Recorder:
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
-            tags={"mlflow.parentRunId": self.parent_id, PARENT_KIND_TAG: "schedule", **tags},
+            tags={
+                "mlflow.parentRunId": self.parent_id,
+                PARENT_KIND_TAG: "schedule",
+                **self.process_tags,
+                **tags,
+            },
         )
         run_id = run.info.run_id
         status = "FAILED"
@@ -167,7 +259,7 @@ class Recorder:
                 self.client.log_artifact(run_id, str(path), artifact_path=folder)
             status = "FINISHED"
         finally:
-            self.client.set_terminated(run_id, status)
+            self._terminate(run_id, status)
         return run_id
 
     def log(
@@ -183,8 +275,16 @@ class Recorder:
             self.client.log_batch(run_id, metrics=chunk, synchronous=True)
 
 
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def find_train_run(uri: str, experiment: str, metrics_digest: str) -> str | None:
     """The newest train parent run whose metrics file had this digest, if any."""
+    if uri.startswith(("http://", "https://")):
+        for variable, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(variable, value)
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:

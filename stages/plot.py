@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from pipeline import curves, data, figures, files, tracking
 from pipeline.model import load_model
 from pipeline.params import Params
@@ -44,9 +46,15 @@ def run(
     paths = [Path(figures_dir) / name for name in FIGURES]
 
     uri = tracking.tracking_uri()
-    run_id = tracking.find_train_run(
-        uri, params.mlflow.experiment, files.sha256_files([metrics_path])
-    )
-    if run_id is not None:
-        tracking.attach_files(uri, run_id, paths, "figures")
+    try:
+        run_id = tracking.find_train_run(
+            uri, params.mlflow.experiment, files.sha256_files([metrics_path])
+        )
+        if run_id is not None:
+            tracking.attach_files(uri, run_id, paths, "figures")
+    except (MlflowException, OSError) as error:
+        raise tracking.TrackingUnavailable(
+            f"wrote the figures to {figures_dir}, but cannot attach them to the MLflow store "
+            f"{uri}: {str(error).strip().splitlines()[0]}"
+        ) from None
     return paths, run_id

@@ -21,6 +21,7 @@ class TrainSummary:
     tracking_uri: str
     device: str
     seconds: float
+    reaped: tuple[str, ...] = ()
 
 
 def run(
@@ -73,7 +74,12 @@ def run(
         files.write_text(metrics_path, metrics_json(results))
         recorder.tag(tracking.OUTPUTS_TAG, files.sha256_files([metrics_path]))
     return TrainSummary(
-        tuple(results), recorder.parent_id, uri, str(device), time.perf_counter() - started
+        tuple(results),
+        recorder.parent_id,
+        uri,
+        str(device),
+        time.perf_counter() - started,
+        tuple(recorder.reaped),
     )
 
 

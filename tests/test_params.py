@@ -195,6 +195,8 @@ def test_a_bad_file_stops_every_stage_before_it_writes(tmp_path, monkeypatch):
             "models",
             "--metrics",
             "metrics.json",
+            "--steps",
+            "steps.csv",
         ],
     )
     generate = runner.invoke(
