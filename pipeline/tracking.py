@@ -61,7 +61,7 @@ def _artifact_location(uri: str) -> str | None:
 
 
 @contextmanager
-def _exclusive(uri: str) -> Iterator[None]:
+def store_lock(uri: str) -> Iterator[None]:
     """Serialise opening an embedded store: two processes must not both create its tables."""
     if not uri.startswith("sqlite:///"):
         yield
@@ -163,7 +163,7 @@ class Recorder:
         self.process_tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
         self.parent_id: str | None = None
         try:
-            with _exclusive(uri):
+            with store_lock(uri):
                 self.client = MlflowClient(tracking_uri=uri)
                 self.experiment_id = experiment_id(self.client, experiment, uri)
                 self.reaped = self._reap_abandoned_runs()

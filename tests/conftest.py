@@ -72,11 +72,9 @@ def project_env(project: Path) -> dict:
     return env
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A fresh git + DVC project holding the real dvc.yaml and code, and tiny params."""
-    root = tmp_path / "project"
-    root.mkdir()
+def make_project(root: Path, document: dict | None = None) -> Path:
+    """A fresh git + DVC project at ``root``: the real dvc.yaml and code, and tiny params."""
+    root.mkdir(parents=True)
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
@@ -84,9 +82,18 @@ def project(tmp_path: Path) -> Path:
         shutil.copytree(
             ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
         )
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_document(), sort_keys=False))
+    document = document or tiny_document()
+    (root / "params.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
     env = project_env(root)
     run(["git", "init", "-q", "-b", "main"], root, env)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], root, env)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], root, env)
+    run([*GIT, "add", "-A"], root, env)
+    run([*GIT, "commit", "-qm", "init"], root, env)
     return root
+
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project")

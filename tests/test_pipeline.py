@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import curves, files
 from pipeline.tracking import OUTPUTS_TAG
-from tests.conftest import project_env, run
+from tests.conftest import GIT, make_project, project_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -46,24 +45,10 @@ def stages_run(output: str) -> list[str]:
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     """One project, taken through the whole life of a change; each test reads what it needs."""
-    from tests.conftest import ROOT, tiny_document
 
-    root = tmp_path_factory.mktemp("e2e") / "project"
-    root.mkdir()
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(ROOT / name, root / name)
-    shutil.copytree(ROOT / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    for package in ("pipeline", "stages"):
-        shutil.copytree(
-            ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_document(), sort_keys=False))
+    root = make_project(tmp_path_factory.mktemp("e2e") / "project")
     env = project_env(root)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    run(["git", "init", "-q", "-b", "main"], root, env)
-    run([*git, "add", "-A"], root, env)
-    run([*git, "commit", "-qm", "init"], root, env)
-
+    git = GIT
     record = {"root": root, "env": env}
     record["first"] = run(["dvc", "repro"], root, env).stdout
     record["lock"] = (root / "dvc.lock").read_bytes()

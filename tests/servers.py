@@ -1,0 +1,135 @@
+"""Real servers for the tests, on 127.0.0.1 only: PostgreSQL and the MLflow tracking server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BIN
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def require(what: str, found: bool) -> None:
+    """Skip where a system service is missing, but fail in CI, whose .ci/run installs it."""
+    if found:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing; .ci/run should have installed it")
+    pytest.skip(f"{what} is not installed (see .ci/run)")
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited early:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} not ready in {seconds} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, folder: Path, port: int | None = None) -> Iterator[Server]:
+    """``mlflow server`` with its own artifact store, proxied (``mlflow-artifacts:``)."""
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / f"mlflow-server-{port}.log"
+    command = [
+        str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri,
+        "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", process, log)
+        yield Server(url, process, log)
+    finally:
+        stop(process)
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """A private PostgreSQL cluster on 127.0.0.1; yields the SQLAlchemy URI of database mlflow."""
+    binaries = _postgres_bin()
+    require("PostgreSQL (Debian's postgresql package)", binaries is not None)
+    # initdb refuses to run as root: the cluster then belongs to the postgres user, in a folder
+    # of its own (pytest's temp folders are closed to other users).
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="lrsched-postgres-"))
+    data = folder / "pgdata"
+    if as_user:
+        shutil.chown(folder, "postgres")
+    port = free_port()
+    log = folder / "postgres.log"
+    subprocess.run(
+        [*as_user, str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={folder}"
+    subprocess.run(
+        [*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
+         "-w", "start"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    try:
+        subprocess.run(
+            [*as_user, str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port),
+             "-U", "postgres", "mlflow"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run(
+            [*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(folder, ignore_errors=True)
