@@ -76,11 +76,20 @@ def store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# The MLflow UI opens experiments of this kind on their runs and charts, not its GenAI views.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_location(uri))
+    if found is None:
+        return client.create_experiment(
+            name, artifact_location=_artifact_location(uri), tags=EXPERIMENT_KIND
+        )
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in found.tags:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
 
 
 def git_state(root: str | Path = ".") -> dict[str, str]:

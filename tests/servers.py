@@ -126,7 +126,8 @@ def postgres() -> Iterator[str]:
              "-U", "postgres", "mlflow"],
             check=True, capture_output=True,
         )  # fmt: skip
-        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+        # SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3; name the driver we install.
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
     finally:
         subprocess.run(
             [*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
