@@ -70,7 +70,8 @@ def generate(params_path: Path, train_path: Path, test_path: Path) -> None:
 
     sizes = stage.run(_load(params_path), train_path, test_path)
     click.echo(
-        f"wrote {train_path} ({sizes['train']} points) and {test_path} ({sizes['test']} points)"
+        f"wrote {train_path} ({sizes['train']} points x {sizes['seeds']} seeds) and "
+        f"{test_path} ({sizes['test']} points)"
     )
 
 
@@ -98,20 +99,23 @@ def train(
     steps_path: Path,
 ) -> None:
     """Stage train: train LogicNet under every schedule; record each run to MLflow."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
     from stages import train as stage
 
     params = _load(params_path)
     width = max(len(spec.name) for spec in params.schedules)
-
-    def report(result) -> None:
-        final = result.final
-        click.echo(
-            f"  {result.name:<{width}}  final loss {final['final_loss']:.4f}  "
-            f"train acc {final['train_accuracy']:.1%}  test acc {final['test_accuracy']:.1%}"
-        )
-
-    click.echo(f"training {len(params.schedules)} schedules x {params.train.epochs} steps")
-    with _tracking_errors():
+    runs = len(params.schedules) * params.train.seeds
+    click.echo(
+        f"training {len(params.schedules)} schedules x {params.train.seeds} seed(s) = {runs} runs"
+        f" x {params.train.epochs} steps, as one batch"
+    )
+    progress = Progress(
+        TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+        TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+    )  # fmt: skip
+    with _tracking_errors(), progress:
+        task = progress.add_task("train", total=params.train.epochs)
         summary = stage.run(
             params,
             train_path,
@@ -120,16 +124,28 @@ def train(
             models_dir,
             metrics_path,
             steps_path,
-            on_run=report,
+            on_step=lambda step: progress.update(task, completed=step + 1),
+        )
+    for result in summary.results:
+        final = result.final
+        spread = f" +/- {final['test_accuracy_ci95']:.1%}" if "test_accuracy_ci95" in final else ""
+        click.echo(
+            f"  {result.name:<{width}}  final loss {final['final_loss']:.4f}  "
+            f"train acc {final['train_accuracy']:.1%}  test acc {final['test_accuracy']:.1%}"
+            f"{spread}"
         )
     if summary.reaped:
         click.echo(
             f"marked FAILED {len(summary.reaped)} run(s) that a killed train left RUNNING: "
             + ", ".join(summary.reaped)
         )
+    timing = (
+        f"training {summary.training_seconds:.1f} s, "
+        f"files and MLflow {summary.logging_seconds:.1f} s"
+    )
     click.echo(
-        f"done in {summary.seconds:.1f} s on {summary.device}; MLflow parent run "
-        f"{summary.parent_run_id} in {summary.tracking_uri}"
+        f"done in {summary.seconds:.1f} s on {summary.device} ({timing}); "
+        f"MLflow parent run {summary.parent_run_id} in {summary.tracking_uri}"
     )
 
 

@@ -9,16 +9,29 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import files
-from pipeline.training import RunResult
+from pipeline.batched import ScheduleResult
+from pipeline.stats import mean_interval
 
 
-def series(result: RunResult) -> dict[str, np.ndarray]:
-    """The named per-step series of a run, as logged to MLflow and written to CSV."""
-    named = {"lr": result.rates[:, 0], "loss": result.losses}
+def series(result: ScheduleResult) -> dict[str, np.ndarray]:
+    """The named per-step series of a schedule, as logged to MLflow and written to CSV.
+
+    With one seed, ``lr`` and ``loss`` are that run's. With several, they are means over seeds,
+    and ``loss_low`` and ``loss_high`` bound the 95% interval of the mean loss.
+    """
+    loss, half_width = mean_interval(result.losses)
+    named = {"lr": _across_seeds(result.rates[:, :, 0]), "loss": loss}
+    if len(result.seeds) > 1:
+        named["loss_low"], named["loss_high"] = loss - half_width, loss + half_width
     if len(result.groups) > 1:
         for index, group in enumerate(result.groups):
-            named[f"lr/{group}"] = result.rates[:, index]
+            named[f"lr/{group}"] = _across_seeds(result.rates[:, :, index])
     return named
+
+
+def _across_seeds(rates: np.ndarray) -> np.ndarray:
+    # Most schedules give every seed the same rates: keep them exact rather than re-averaged.
+    return rates[0] if (rates == rates[0]).all() else rates.mean(axis=0)
 
 
 def to_csv(named: dict[str, np.ndarray]) -> str:
@@ -31,19 +44,20 @@ def to_csv(named: dict[str, np.ndarray]) -> str:
     return buffer.getvalue()
 
 
-def long_table(results: list[RunResult]) -> str:
+def long_table(results: list[ScheduleResult]) -> str:
     """Every run in one table, ``step,scheduler,lr,loss``: DVC draws a line per scheduler."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["step", "scheduler", "lr", "loss"])
     for result in results:
-        rates, losses = result.rates[:, 0].tolist(), result.losses.tolist()
+        named = series(result)
+        rates, losses = named["lr"].tolist(), named["loss"].tolist()
         for step, (rate, loss) in enumerate(zip(rates, losses, strict=True)):
             writer.writerow([step, result.name, repr(rate), repr(loss)])
     return buffer.getvalue()
 
 
-def write(result: RunResult, folder: Path) -> Path:
+def write(result: ScheduleResult, folder: Path) -> Path:
     path = folder / f"{result.name}.csv"
     files.write_text(path, to_csv(series(result)))
     return path

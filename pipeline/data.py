@@ -43,6 +43,36 @@ def write(dataset: Dataset, path: str | Path) -> None:
     files.write_text(path, to_csv(dataset))
 
 
+def write_seeded(datasets: dict[int, Dataset], path: str | Path) -> None:
+    """Train sets of several seeds in one CSV, ``seed,x1,x2,label``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("seed", *HEADER))
+    for seed, dataset in datasets.items():
+        pairs = zip(dataset.features.tolist(), dataset.labels.tolist(), strict=True)
+        for (x1, x2), label in pairs:
+            writer.writerow((seed, repr(x1), repr(x2), label))
+    files.write_text(path, buffer.getvalue())
+
+
+def read_seeded(path: str | Path) -> dict[int, Dataset]:
+    """What :func:`write_seeded` wrote, in the same seed order."""
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or tuple(rows[0]) != ("seed", *HEADER):
+        raise ValueError(f"{path}: expected a CSV with header seed,{','.join(HEADER)}")
+    grouped: dict[int, list[list[str]]] = {}
+    for row in rows[1:]:
+        grouped.setdefault(int(row[0]), []).append(row[1:])
+    return {
+        seed: Dataset(
+            np.array([[float(r[0]), float(r[1])] for r in body], dtype=np.float64).reshape(-1, 2),
+            np.array([int(r[2]) for r in body], dtype=np.int64),
+        )
+        for seed, body in grouped.items()
+    }
+
+
 def read(path: str | Path) -> Dataset:
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))

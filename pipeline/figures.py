@@ -63,11 +63,15 @@ def learning_rates(curves: Curves) -> Figure:
 
 def losses(curves: Curves) -> Figure:
     figure, axes = plt.subplots(figsize=(11, 6), layout="constrained")
+    several = any("loss_low" in table for table in curves.values())
     for color, (name, table) in zip(_colors(len(curves)), curves.items(), strict=True):
         axes.plot(table["step"], table["loss"], color=color, label=name, linewidth=1.2)
+        if "loss_low" in table:  # several seeds: the 95% interval of the mean
+            low = np.maximum(table["loss_low"], np.finfo(float).tiny)  # a log axis needs > 0
+            axes.fill_between(table["step"], low, table["loss_high"], color=color, alpha=0.18)
     axes.set_yscale("log")
     axes.set(
-        title="Training loss (full batch)",
+        title="Training loss (full batch)" + (": mean over seeds, 95% band" if several else ""),
         xlabel="step (update)",
         ylabel="cross-entropy loss (log scale)",
     )
@@ -122,24 +126,25 @@ def final_metrics(metrics: Mapping[str, Mapping[str, float]]) -> Figure:
         1, 2, figsize=(12, 0.45 * len(names) + 1.8), sharey=True, layout="constrained"
     )
     height = 0.38
-    left.barh(
-        positions - height / 2, [metrics[n]["train_accuracy"] for n in names], height, label="train"
-    )
-    left.barh(
-        positions + height / 2, [metrics[n]["test_accuracy"] for n in names], height, label="test"
-    )
+
+    def bars(axes, key: str, offset: float, label: str) -> None:
+        # With several seeds, whiskers show the 95% interval of the mean.
+        spread = [metrics[n].get(f"{key}_ci95", 0.0) for n in names]
+        values = [metrics[n][key] for n in names]
+        whiskers = {"xerr": spread, "capsize": 3} if any(spread) else {}
+        axes.barh(positions + offset, values, height, label=label, **whiskers)
+
+    bars(left, "train_accuracy", -height / 2, "train")
+    bars(left, "test_accuracy", height / 2, "test")
     left.set(xlabel="accuracy", xlim=(0, 1.12), title="Final accuracy")
-    right.barh(
-        positions - height / 2, [metrics[n]["final_loss"] for n in names], height, label="train"
-    )
-    right.barh(
-        positions + height / 2, [metrics[n]["test_loss"] for n in names], height, label="test"
-    )
+    bars(right, "final_loss", -height / 2, "train")
+    bars(right, "test_loss", height / 2, "test")
     right.set(xlabel="cross-entropy loss", title="Final loss")
     right.margins(x=0.15)
     for axes in (left, right):
-        for bars in axes.containers:
-            axes.bar_label(bars, fmt="%.3g", padding=2, fontsize="x-small")
+        for container in axes.containers:
+            if hasattr(container, "patches"):  # bars, not error-bar lines
+                axes.bar_label(container, fmt="%.3g", padding=2, fontsize="x-small")
     figure.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncols=2)
     left.set_yticks(positions, names)
     left.invert_yaxis()

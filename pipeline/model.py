@@ -44,7 +44,15 @@ def weights_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
     return buffer.getvalue()
 
 
-def load_model(path: str, hidden_dim: int) -> LogicNet:
+def stacked_weights(seeds: list[int], state_dicts: list[dict[str, torch.Tensor]]) -> dict:
+    """Several seeds' weights in one state dict: each tensor gains a leading seed axis."""
+    stacked = {name: torch.stack([sd[name] for sd in state_dicts]) for name in state_dicts[0]}
+    return {"seeds": torch.tensor(seeds), **stacked}
+
+
+def load_model(path: str, hidden_dim: int, index: int = 0) -> LogicNet:
+    """The model of the ``index``-th seed from a file of :func:`stacked_weights`."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
     model = LogicNet(inputdim=2, hiddendim=hidden_dim, outputdim=2)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.load_state_dict({k: v[index] for k, v in saved.items() if k != "seeds"})
     return model.eval()

@@ -56,6 +56,7 @@ class TrainParams(_Frozen):
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    seeds: Annotated[StrictInt, Field(ge=1, le=10_000)] = 1
 
 
 class MlflowParams(_Frozen):
@@ -82,6 +83,11 @@ class Params:
     mlflow: MlflowParams
     schedules: tuple[ScheduleSpec, ...]
     raw: dict[str, Any] = field(repr=False)
+
+    @property
+    def seeds(self) -> list[int]:
+        """``seed``, ``seed + 1``, ...: each draws its own train set and initial weights."""
+        return [self.seed + offset for offset in range(self.train.seeds)]
 
     def schedule(self, name: str) -> ScheduleSpec:
         for spec in self.schedules:

@@ -265,6 +265,13 @@ class Schedule:
     def rates(self) -> list[float]:
         return [group["lr"] for group in self.optimizer.param_groups]
 
+    def momenta(self) -> list[float]:
+        """Adam's beta1 or SGD's momentum per group, which some schedules cycle."""
+        return [
+            group["betas"][0] if "betas" in group else group["momentum"]
+            for group in self.optimizer.param_groups
+        ]
+
 
 def _build_torch(spec: ScheduleSpec, optimizer: torch.optim.Optimizer, epochs: int) -> Any:
     cls = torch_types()[spec.type]
@@ -308,12 +315,29 @@ def preview(
     ReduceLROnPlateau sees a loss that never improves, so its preview is the fastest decay it
     can make; in training it decays only when the loss stalls.
     """
+    return trace(spec, epochs, lr, optimizer, momentum, hidden_dim)[0]
+
+
+def trace(
+    spec: ScheduleSpec,
+    epochs: int,
+    lr: float,
+    optimizer: str = "adam",
+    momentum: float = 0.0,
+    hidden_dim: int = 3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rates and momenta (Adam's beta1, or SGD's momentum) of each update, per group.
+
+    OneCycleLR and CyclicLR cycle the momentum too, so a faithful replay needs both.
+    """
     model = LogicNet(hiddendim=hidden_dim)
     opt = make_optimizer(param_groups(model, spec.per_layer), optimizer, lr, momentum)
     schedule = Schedule(spec, opt, epochs)
     rates = np.empty((epochs, len(opt.param_groups)))
+    momenta = np.empty_like(rates)
     for index in range(epochs):
         rates[index] = schedule.rates()
+        momenta[index] = schedule.momenta()
         opt.step()  # no gradients: the weights stay put, but schedulers see a real step
         schedule.step(index, loss=1.0, accuracy=0.5)
-    return rates
+    return rates, momenta

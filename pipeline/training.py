@@ -56,9 +56,9 @@ def tensors(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, torch
     return features, labels
 
 
-def initial_model(params: Params, device: torch.device) -> LogicNet:
-    """Every run starts from the same weights, drawn from ``seed``."""
-    torch.manual_seed(params.seed)
+def initial_model(params: Params, device: torch.device, seed: int | None = None) -> LogicNet:
+    """Every run of a seed starts from the same weights, drawn from it (``seed`` by default)."""
+    torch.manual_seed(params.seed if seed is None else seed)
     return LogicNet(inputdim=2, hiddendim=params.model.hidden_dim, outputdim=2).to(device)
 
 

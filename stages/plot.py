@@ -31,7 +31,8 @@ def run(
         name: load_model(str(Path(models_dir) / f"{name}.pt"), params.model.hidden_dim)
         for name in names
     }
-    train_set, test_set = data.read(train_path), data.read(test_path)
+    # Decision boundaries show the first seed's model over the first seed's train set.
+    train_set, test_set = data.read_seeded(train_path)[params.seeds[0]], data.read(test_path)
     rendered = {
         "learning_rates.png": figures.learning_rates(tables),
         "losses.png": figures.losses(tables),

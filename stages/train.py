@@ -1,4 +1,5 @@
-"""Stage ``train``: one run per schedule, recorded to files for DVC and to MLflow."""
+"""Stage ``train``: every schedule over every seed, as one batched computation, recorded to
+files for DVC and to MLflow (a parent run, a child run per schedule)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from pipeline import curves, data, files, tracking
-from pipeline.model import weights_bytes
+from pipeline.batched import Arm, ScheduleResult, by_schedule, train_batch
+from pipeline.model import stacked_weights, weights_bytes
 from pipeline.params import Params
-from pipeline.training import RunResult, make_deterministic, select_device, train_one
+from pipeline.training import make_deterministic, select_device
 
 
 @dataclass(frozen=True)
 class TrainSummary:
-    results: tuple[RunResult, ...]
+    results: tuple[ScheduleResult, ...]
     parent_run_id: str
     tracking_uri: str
     device: str
     seconds: float
+    training_seconds: float
+    logging_seconds: float
     reaped: tuple[str, ...] = ()
 
 
@@ -32,12 +38,15 @@ def run(
     models_dir: Path,
     metrics_path: Path,
     steps_path: Path,
-    on_run: Callable[[RunResult], None] = lambda result: None,
+    on_step: Callable[[int], None] = lambda step: None,
 ) -> TrainSummary:
     started = time.perf_counter()
     make_deterministic()
     device = select_device(params.train.device)
-    train_set, test_set = data.read(train_path), data.read(test_path)
+    train_sets, test_set = data.read_seeded(train_path), data.read(test_path)
+    missing = sorted(set(params.seeds) - set(train_sets))
+    if missing:
+        raise ValueError(f"{train_path} has no train set for seeds {missing}; re-run generate")
     uri = tracking.tracking_uri()
     recorder = tracking.Recorder(uri, params.mlflow.experiment)
     lineage = {
@@ -48,42 +57,68 @@ def run(
     }
     shared = tracking.flatten(_resolved(params))
 
-    results = []
     with recorder.parent("train", shared, lineage):
+        training_started = time.perf_counter()
+        arms = [Arm(spec, seed) for spec in params.schedules for seed in params.seeds]
+        batch = train_batch(arms, params, train_sets, device, on_step=on_step)
+        results = by_schedule(batch, params, train_sets, test_set)
+        training_seconds = time.perf_counter() - training_started
+
+        logging_started = time.perf_counter()
         with (
             files.staged_directory(curves_dir) as curves_tmp,
             files.staged_directory(models_dir) as models_tmp,
         ):
-            for spec in params.schedules:
-                result = train_one(spec, params, train_set, test_set, device)
+            for result in results:
+                spec = params.schedule(result.name)
                 curve_path = curves.write(result, curves_tmp)
-                weights_path = models_tmp / f"{spec.name}.pt"
-                files.write_bytes(weights_path, weights_bytes(result.state_dict))
+                weights_path = models_tmp / f"{result.name}.pt"
+                weights = stacked_weights(list(result.seeds), list(result.state_dicts))
+                files.write_bytes(weights_path, weights_bytes(weights))
+                artifacts = {"model": weights_path, "curves": curve_path}
+                if len(result.seeds) > 1:
+                    seeds_path = curves_tmp / f"{result.name}.seeds.npy"
+                    files.write_bytes(seeds_path, _per_seed_bytes(result))
+                    artifacts["seeds"] = seeds_path
                 recorder.child(
-                    spec.name,
+                    result.name,
                     params={**shared, **tracking.flatten({"scheduler": spec.as_params()})},
                     tags={**lineage, "scheduler": spec.name, "scheduler.type": spec.type},
                     series=curves.series(result),
                     final=result.final,
-                    artifacts={"model": weights_path, "curves": curve_path},
+                    artifacts=artifacts,
                 )
-                results.append(result)
-                on_run(result)
         files.write_text(steps_path, curves.long_table(results))
         # Last: a metrics file on disk means every other output of this run is complete.
         files.write_text(metrics_path, metrics_json(results))
         recorder.tag(tracking.OUTPUTS_TAG, files.sha256_files([metrics_path]))
+        logging_seconds = time.perf_counter() - logging_started
     return TrainSummary(
         tuple(results),
         recorder.parent_id,
         uri,
         str(device),
         time.perf_counter() - started,
+        training_seconds,
+        logging_seconds,
         tuple(recorder.reaped),
     )
 
 
-def metrics_json(results: list[RunResult]) -> str:
+def _per_seed_bytes(result: ScheduleResult) -> bytes:
+    """Every seed's per-step loss and rates, (seeds, epochs, 1 + groups) float64, as .npy.
+
+    One file per schedule logs in one call, where per-seed metrics would be seeds x steps values.
+    """
+    import io
+
+    table = np.concatenate([result.losses[:, :, None], result.rates], axis=2)
+    buffer = io.BytesIO()
+    np.save(buffer, table, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def metrics_json(results: list[ScheduleResult]) -> str:
     """Final metrics per schedule, for ``dvc metrics show``: stable order, exact floats."""
     table = {result.name: result.final for result in results}
     return json.dumps(table, indent=2) + "\n"

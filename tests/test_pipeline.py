@@ -171,3 +171,22 @@ def test_mlflow_holds_every_run_with_its_steps_and_lineage(pipeline_run):
             assert child.data.metrics[key] == pytest.approx(value, rel=1e-12)
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "model")}
         assert artifacts == {f"model/{name}.pt"}
+
+
+def test_a_seed_sweep_as_a_dvc_experiment(pipeline_run):
+    root, env = pipeline_run["root"], pipeline_run["env"]
+    run(["dvc", "exp", "run", "-S", "train.seeds=4", "-n", "four-seeds"], root, env)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
+    experiments = [
+        exp for rev in shown for exp in (rev.get("experiments") or []) if exp.get("name")
+    ]
+    (four,) = [e for e in experiments if e["name"] == "four-seeds"]
+    data = four["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["seeds"] == 4
+    metrics = data["metrics"]["outputs/metrics.json"]["data"]
+    for values in metrics.values():
+        assert 0 < values["test_accuracy_ci95"] < 1
+    steps = curves.read(root / "outputs/curves/StepLR.csv")
+    assert (steps["loss_low"] <= steps["loss"]).all() and (
+        steps["loss"] <= steps["loss_high"]
+    ).all()
