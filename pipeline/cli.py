@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.params import Params, ParamsError, load_params
+from pipeline.params import Params, ParamsError, ScheduleCheck, load_params
 
 PATH = click.Path(path_type=Path)
 EXISTING = click.Path(path_type=Path, exists=True)
@@ -29,9 +29,9 @@ params_option = click.option(
 )
 
 
-def _load(path: Path) -> Params:
+def _load(path: Path, schedules: ScheduleCheck = "trial") -> Params:
     try:
-        return load_params(path)
+        return load_params(path, schedules)
     except ParamsError as error:
         raise click.ClickException(str(error)) from None
 
@@ -68,7 +68,7 @@ def generate(params_path: Path, train_path: Path, test_path: Path) -> None:
     """Stage generate: write the two-moons train and test sets."""
     from stages import generate as stage
 
-    sizes = stage.run(_load(params_path), train_path, test_path)
+    sizes = stage.run(_load(params_path, schedules="skip"), train_path, test_path)
     click.echo(
         f"wrote {train_path} ({sizes['train']} points x {sizes['seeds']} seeds) and "
         f"{test_path} ({sizes['test']} points)"
@@ -169,7 +169,7 @@ def plot(
     """Stage plot: render the comparison figures and attach them to the train run."""
     from stages import plot as stage
 
-    params = _load(params_path)
+    params = _load(params_path, schedules="parse")
     with _tracking_errors():
         paths, run_id = stage.run(
             params, train_path, test_path, curves_dir, models_dir, metrics_path, figures_dir

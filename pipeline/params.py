@@ -12,12 +12,18 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
-from pipeline.schedules import ScheduleSpec, SpecError, parse_spec
+if TYPE_CHECKING:  # importing schedules imports torch: only the stages that need it pay
+    from pipeline.schedules import ScheduleSpec
+
+# How far scheduler entries are checked: "trial" builds and steps each on a throwaway optimizer
+# (train, validate, preview); "parse" checks types and arguments (plot, which only needs the
+# names); "skip" leaves them to the stages that read them (generate, which reads none).
+ScheduleCheck = Literal["trial", "parse", "skip"]
 
 MAX_PARAMS_BYTES = 1_000_000
 MAX_YAML_NODES = 100_000  # far above any real params file, far below a YAML alias bomb
@@ -120,7 +126,7 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load_params(path: str | Path) -> Params:
+def load_params(path: str | Path, schedules: ScheduleCheck = "trial") -> Params:
     """Read and validate a params file, or raise :class:`ParamsError`."""
     path = Path(path)
     try:
@@ -133,10 +139,12 @@ def load_params(path: str | Path) -> Params:
         document = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as error:
         raise ParamsError(f"{path} is not valid YAML: {error}") from None
-    return parse_params(document, source=str(path))
+    return parse_params(document, source=str(path), schedules=schedules)
 
 
-def parse_params(document: Any, source: str = "params.yaml") -> Params:
+def parse_params(
+    document: Any, source: str = "params.yaml", schedules: ScheduleCheck = "trial"
+) -> Params:
     """Validate an already-parsed params mapping."""
     if not isinstance(document, dict):
         raise ParamsError(f"{source}: expected a mapping at the top, got {_kind(document)}")
@@ -145,7 +153,7 @@ def parse_params(document: Any, source: str = "params.yaml") -> Params:
         raw = _RawParams.model_validate(document)
     except ValidationError as error:
         raise ParamsError(_format_errors(error, source)) from None
-    problems, schedules = [], []
+    problems, specs = [], []
     for name, spec in raw.schedulers.items():
         if not RUN_NAME.match(name):
             problems.append(
@@ -153,15 +161,21 @@ def parse_params(document: Any, source: str = "params.yaml") -> Params:
                 " '_', '.' or '-' (at most 64, starting with a letter or digit)"
             )
             continue
+        if schedules == "skip":
+            continue
+        from pipeline.schedules import SpecError, parse_spec
+
+        train = raw.train
         try:
-            schedules.append(
+            specs.append(
                 parse_spec(
                     name,
                     spec,
-                    raw.train.epochs,
-                    raw.train.lr,
-                    raw.train.optimizer,
-                    raw.train.momentum,
+                    train.epochs,
+                    train.lr,
+                    train.optimizer,
+                    train.momentum,
+                    trial=schedules == "trial",
                 )
             )
         except SpecError as error:
@@ -174,7 +188,7 @@ def parse_params(document: Any, source: str = "params.yaml") -> Params:
         model=raw.model,
         train=raw.train,
         mlflow=raw.mlflow,
-        schedules=tuple(schedules),
+        schedules=tuple(specs),
         raw=json.loads(json.dumps(document, default=str)),
     )
 

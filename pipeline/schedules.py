@@ -123,10 +123,12 @@ def parse_spec(
     lr: float = 0.01,
     optimizer: str = "adam",
     momentum: float = 0.0,
+    trial: bool = True,
 ) -> ScheduleSpec:
-    """Validate one ``schedulers`` entry and try it on a throwaway optimizer."""
+    """Validate one ``schedulers`` entry and (with ``trial``) step it on a throwaway optimizer."""
     spec = _parse(name, raw, epochs, nested=False)
-    _trial(spec, epochs, lr, optimizer, momentum)
+    if trial:
+        _trial(spec, epochs, lr, optimizer, momentum)
     return spec
 
 
