@@ -89,6 +89,9 @@ def generate(params_path: Path, train_path: Path, test_path: Path) -> None:
 @click.option(
     "--steps", "steps_path", type=PATH, required=True, help="All runs' steps in one CSV, for DVC."
 )
+@click.option(
+    "--ranking", "ranking_path", type=PATH, required=True, help="The ranking table (markdown)."
+)
 def train(
     params_path: Path,
     train_path: Path,
@@ -97,6 +100,7 @@ def train(
     models_dir: Path,
     metrics_path: Path,
     steps_path: Path,
+    ranking_path: Path,
 ) -> None:
     """Stage train: train LogicNet under every schedule; record each run to MLflow."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -124,6 +128,7 @@ def train(
             models_dir,
             metrics_path,
             steps_path,
+            ranking_path,
             on_step=lambda step: progress.update(task, completed=step + 1),
         )
     for result in summary.results:

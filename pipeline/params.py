@@ -65,6 +65,11 @@ class TrainParams(_Frozen):
     seeds: Annotated[StrictInt, Field(ge=1, le=10_000)] = 1
 
 
+class AnalysisParams(_Frozen):
+    target_loss: Annotated[StrictFloat, Field(gt=0)] = 0.1
+    alpha: Annotated[StrictFloat, Field(gt=0, lt=1)] = 0.05
+
+
 class MlflowParams(_Frozen):
     experiment: Annotated[str, Field(min_length=1, max_length=200)] = "lr-schedulers"
 
@@ -75,6 +80,7 @@ class _RawParams(_Frozen):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     mlflow: MlflowParams = MlflowParams()
+    analysis: AnalysisParams = AnalysisParams()
     schedulers: Annotated[dict[str, dict[str, Any]], Field(min_length=1)]
 
 
@@ -87,6 +93,7 @@ class Params:
     model: ModelParams
     train: TrainParams
     mlflow: MlflowParams
+    analysis: AnalysisParams
     schedules: tuple[ScheduleSpec, ...]
     raw: dict[str, Any] = field(repr=False)
 
@@ -188,6 +195,7 @@ def parse_params(
         model=raw.model,
         train=raw.train,
         mlflow=raw.mlflow,
+        analysis=raw.analysis,
         schedules=tuple(specs),
         raw=json.loads(json.dumps(document, default=str)),
     )

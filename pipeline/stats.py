@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import stats
 
@@ -25,3 +27,117 @@ def steps_to(losses: np.ndarray, target: float) -> np.ndarray:
     first = reached.argmax(axis=-1).astype(np.float64)
     first[~reached.any(axis=-1)] = np.nan
     return first
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One schedule's line of the ranking, best (lowest mean final loss) first."""
+
+    rank: int
+    name: str
+    seeds: int
+    final_loss: tuple[float, float]  # mean, 95% half-width (NaN with one seed)
+    test_accuracy: tuple[float, float]
+    steps_to_target: tuple[float, float]  # over the seeds that reached the target
+    reached: int  # seeds that reached the target loss
+    p_vs_best: float | None  # Holm-adjusted Wilcoxon signed-rank p, paired by seed
+    significant: bool | None
+
+
+def rank(
+    final_losses: dict[str, np.ndarray],
+    test_accuracies: dict[str, np.ndarray],
+    losses: dict[str, np.ndarray],
+    target_loss: float,
+    alpha: float = 0.05,
+) -> list[Ranked]:
+    """Rank schedules by mean final loss; test each against the best, paired by seed.
+
+    The test is Wilcoxon's signed-rank test on the per-seed differences in final training loss
+    (two-sided; no normality assumed), with Holm's correction over the comparisons. With one
+    seed there is nothing to test: ``p_vs_best`` is None.
+    """
+    names = sorted(final_losses, key=lambda n: (float(np.mean(final_losses[n])), n))
+    best = names[0]
+    raw_p: dict[str, float] = {}
+    for name in names[1:]:
+        differences = final_losses[name] - final_losses[best]
+        if len(differences) < 2:
+            continue
+        if not differences.any():
+            raw_p[name] = 1.0
+        else:
+            raw_p[name] = float(stats.wilcoxon(differences).pvalue)
+    adjusted = _holm(raw_p)
+    rows = []
+    for position, name in enumerate(names, start=1):
+        steps = steps_to(losses[name], target_loss)
+        reached = steps[~np.isnan(steps)]
+        p_value = adjusted.get(name)
+        rows.append(
+            Ranked(
+                rank=position,
+                name=name,
+                seeds=len(final_losses[name]),
+                final_loss=_pair(mean_interval(final_losses[name])),
+                test_accuracy=_pair(mean_interval(test_accuracies[name])),
+                steps_to_target=_pair(mean_interval(reached)) if len(reached) else (np.nan,) * 2,
+                reached=len(reached),
+                p_vs_best=p_value,
+                significant=None if p_value is None else p_value < alpha,
+            )
+        )
+    return rows
+
+
+def _pair(values: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+    return float(values[0]), float(values[1])
+
+
+def _holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values (monotone, capped at 1)."""
+    ordered = sorted(p_values.items(), key=lambda item: item[1])
+    adjusted, running = {}, 0.0
+    for index, (name, p_value) in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - index) * p_value))
+        adjusted[name] = running
+    return adjusted
+
+
+def markdown(rows: list[Ranked], target_loss: float, alpha: float = 0.05) -> str:
+    """The ranking as a markdown table, with what the columns mean."""
+
+    def interval(pair: tuple[float, float], digits: str) -> str:
+        mean, half = pair
+        if np.isnan(mean):
+            return "never"
+        return f"{mean:{digits}}" if np.isnan(half) else f"{mean:{digits}} ± {half:{digits}}"
+
+    lines = [
+        f"| rank | schedule | final train loss | test accuracy | steps to loss ≤ {target_loss:g} "
+        f"| p vs best (Holm) | differs from best at alpha={alpha:g} |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in rows:
+        reached = f" ({row.reached}/{row.seeds} seeds)" if row.reached < row.seeds else ""
+        p_text = (
+            "best"
+            if row.rank == 1
+            else ("n/a" if row.p_vs_best is None else f"{row.p_vs_best:.3g}")
+        )
+        verdict = "—" if row.significant is None else ("yes" if row.significant else "no")
+        lines.append(
+            f"| {row.rank} | {row.name} | {interval(row.final_loss, '.4f')} | "
+            f"{interval(row.test_accuracy, '.3f')} | "
+            f"{interval(row.steps_to_target, '.0f')}{reached} | {p_text} | {verdict} |"
+        )
+    seeds = rows[0].seeds
+    lines += [
+        "",
+        f"Means over {seeds} seed(s) with 95% Student-t intervals. 'p vs best': Wilcoxon "
+        "signed-rank test of the per-seed final training loss against the best schedule, "
+        "paired by seed (same data and initial weights), two-sided, Holm-corrected over the "
+        "comparisons. Steps to target: first update whose loss is at or below the target, over "
+        "the seeds that reached it.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -234,6 +234,10 @@ class Recorder:
         finally:
             self._terminate(self.parent_id, status)
 
+    def attach_text(self, text: str, name: str) -> None:
+        """A text file on the parent run (the ranking table)."""
+        self.client.log_text(self.parent_id, text, name)
+
     def tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.parent_id, key, value)
 

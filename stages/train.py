@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import curves, data, files, tracking
+from pipeline import curves, data, files, stats, tracking
 from pipeline.batched import Arm, ScheduleResult, by_schedule, train_batch
 from pipeline.model import stacked_weights, weights_bytes
 from pipeline.params import Params
@@ -38,6 +38,7 @@ def run(
     models_dir: Path,
     metrics_path: Path,
     steps_path: Path,
+    ranking_path: Path,
     on_step: Callable[[int], None] = lambda step: None,
 ) -> TrainSummary:
     started = time.perf_counter()
@@ -62,6 +63,14 @@ def run(
         arms = [Arm(spec, seed) for spec in params.schedules for seed in params.seeds]
         batch = train_batch(arms, params, train_sets, device, on_step=on_step)
         results = by_schedule(batch, params, train_sets, test_set)
+        ranking = stats.rank(
+            {r.name: r.finals["final_loss"] for r in results},
+            {r.name: r.finals["test_accuracy"] for r in results},
+            {r.name: r.losses for r in results},
+            params.analysis.target_loss,
+            params.analysis.alpha,
+        )
+        ranked = {row.name: row for row in ranking}
         training_seconds = time.perf_counter() - training_started
 
         logging_started = time.perf_counter()
@@ -85,12 +94,15 @@ def run(
                     params={**shared, **tracking.flatten({"scheduler": spec.as_params()})},
                     tags={**lineage, "scheduler": spec.name, "scheduler.type": spec.type},
                     series=curves.series(result),
-                    final=result.final,
+                    final={**result.final, **_ranking_metrics(ranked[result.name])},
                     artifacts=artifacts,
                 )
         files.write_text(steps_path, curves.long_table(results))
+        table = stats.markdown(ranking, params.analysis.target_loss, params.analysis.alpha)
+        files.write_text(ranking_path, table)
+        recorder.attach_text(table, "ranking.md")
         # Last: a metrics file on disk means every other output of this run is complete.
-        files.write_text(metrics_path, metrics_json(results))
+        files.write_text(metrics_path, metrics_json(results, ranked))
         recorder.tag(tracking.OUTPUTS_TAG, files.sha256_files([metrics_path]))
         logging_seconds = time.perf_counter() - logging_started
     return TrainSummary(
@@ -118,10 +130,18 @@ def _per_seed_bytes(result: ScheduleResult) -> bytes:
     return buffer.getvalue()
 
 
-def metrics_json(results: list[ScheduleResult]) -> str:
-    """Final metrics per schedule, for ``dvc metrics show``: stable order, exact floats."""
-    table = {result.name: result.final for result in results}
+def metrics_json(results: list[ScheduleResult], ranked: dict[str, stats.Ranked]) -> str:
+    """Final metrics and ranking per schedule, for ``dvc metrics show``: stable order."""
+    table = {r.name: {**r.final, **_ranking_metrics(ranked[r.name])} for r in results}
     return json.dumps(table, indent=2) + "\n"
+
+
+def _ranking_metrics(row: stats.Ranked) -> dict[str, float]:
+    values = {"rank": float(row.rank), "steps_to_target": row.steps_to_target[0]}
+    if row.p_vs_best is not None:
+        values["p_vs_best"] = row.p_vs_best
+    # JSON has no NaN: a schedule that never reached the target has no steps_to_target.
+    return {key: value for key, value in values.items() if value == value}
 
 
 def _resolved(params: Params) -> dict:

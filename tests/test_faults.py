@@ -15,7 +15,13 @@ from pipeline.tracking import store_lock
 from tests.conftest import BIN, make_project, project_env, run, tiny_document
 from tests.servers import free_port, mlflow_server, stop
 
-TRAIN_OUTPUTS = ["outputs/curves", "outputs/models", "outputs/metrics.json", "outputs/steps.csv"]
+TRAIN_OUTPUTS = [
+    "outputs/curves",
+    "outputs/models",
+    "outputs/metrics.json",
+    "outputs/steps.csv",
+    "outputs/ranking.md",
+]
 
 
 def train_command(tag: str = "") -> list[str]:
@@ -23,6 +29,7 @@ def train_command(tag: str = "") -> list[str]:
         str(BIN / "lrsched"), "train", "--train", "data/train.csv", "--test", "data/test.csv",
         "--curves", f"outputs/curves{tag}", "--models", f"outputs/models{tag}",
         "--metrics", f"outputs/metrics{tag}.json", "--steps", f"outputs/steps{tag}.csv",
+        "--ranking", f"outputs/ranking{tag}.md",
     ]  # fmt: skip
 
 

@@ -197,6 +197,8 @@ def test_a_bad_file_stops_every_stage_before_it_writes(tmp_path, monkeypatch):
             "metrics.json",
             "--steps",
             "steps.csv",
+            "--ranking",
+            "ranking.md",
         ],
     )
     generate = runner.invoke(

@@ -22,6 +22,7 @@ OUTPUTS = [
     "data/test.csv",
     "outputs/metrics.json",
     "outputs/steps.csv",
+    "outputs/ranking.md",
     "figures/learning_rates.png",
     "figures/losses.png",
     "figures/decision_boundaries.png",
@@ -167,6 +168,7 @@ def test_mlflow_holds_every_run_with_its_steps_and_lineage(pipeline_run):
             liner2 = client.get_metric_history(child.info.run_id, "lr/Liner2")
             np.testing.assert_array_equal([m.value for m in liner2], table["lr/Liner2"])
         final = json.loads((root / "outputs/metrics.json").read_text())[name]
+        assert {"final_loss", "test_accuracy", "rank"} <= set(final)
         for key, value in final.items():
             assert child.data.metrics[key] == pytest.approx(value, rel=1e-12)
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "model")}
@@ -186,6 +188,11 @@ def test_a_seed_sweep_as_a_dvc_experiment(pipeline_run):
     metrics = data["metrics"]["outputs/metrics.json"]["data"]
     for values in metrics.values():
         assert 0 < values["test_accuracy_ci95"] < 1
+    ranks = sorted(values["rank"] for values in metrics.values())
+    assert ranks == list(range(1, len(metrics) + 1))
+    assert sum("p_vs_best" in values for values in metrics.values()) == len(metrics) - 1
+    ranking = (root / "outputs/ranking.md").read_text()
+    assert "Means over 4 seed(s)" in ranking and "Wilcoxon" in ranking
     steps = curves.read(root / "outputs/curves/StepLR.csv")
     assert (steps["loss_low"] <= steps["loss"]).all() and (
         steps["loss"] <= steps["loss_high"]

@@ -31,3 +31,43 @@ def test_one_seed_has_no_interval():
 def test_steps_to_target():
     losses = np.array([[0.9, 0.5, 0.1, 0.05], [0.9, 0.8, 0.7, 0.6], [0.04, 0.5, 0.01, 0.0]])
     np.testing.assert_array_equal(steps_to(losses, 0.1), [2, np.nan, 0])
+
+
+def test_ranking_tests_each_schedule_against_the_best_paired_by_seed():
+    from pipeline.stats import markdown, rank
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.1, 0.2, size=12)
+    finals = {"best": base, "worse": base + 0.05, "same": base + rng.normal(0, 1e-4, 12)}
+    accuracy = {name: np.full(12, 0.9) for name in finals}
+    curves = {name: np.linspace(1, value, 50).T for name, value in finals.items()}
+    rows = rank(finals, accuracy, curves, target_loss=0.5)
+    assert rows[0].name in {"best", "same"}
+    by_name = {row.name: row for row in rows}
+    leader = rows[0].name
+    raw = scipy_stats.wilcoxon(finals["worse"] - finals[leader]).pvalue
+    other = "same" if leader == "best" else "best"
+    raw_other = scipy_stats.wilcoxon(finals[other] - finals[leader]).pvalue
+    # Holm: the smaller p is multiplied by 2, the larger by 1, and kept monotone.
+    assert by_name["worse"].p_vs_best == pytest.approx(min(1, 2 * raw))
+    assert by_name[other].p_vs_best == pytest.approx(max(min(1, 2 * raw), raw_other))
+    assert by_name["worse"].significant is True
+    assert by_name["worse"].rank == 3
+    assert by_name["worse"].steps_to_target[0] > 0 and by_name["worse"].reached == 12
+    table = markdown(rows, 0.5)
+    assert table.count("\n| ") == 4 and "| 1 | " in table and "| best |" in table
+
+
+def test_one_seed_ranks_but_tests_nothing():
+    from pipeline.stats import rank
+
+    rows = rank(
+        {"a": np.array([0.2]), "b": np.array([0.1])},
+        {"a": np.array([0.9]), "b": np.array([0.8])},
+        {"a": np.array([[0.5, 0.2]]), "b": np.array([[0.5, 0.1]])},
+        target_loss=0.15,
+    )
+    assert [(r.name, r.p_vs_best, r.significant, r.reached) for r in rows] == [
+        ("b", None, None, 1),
+        ("a", None, None, 0),
+    ]
