@@ -47,6 +47,11 @@ def fresh_project(base: Path) -> Path:
     return root
 
 
+def set_seeds(params_path: Path, seeds: int) -> None:
+    text = params_path.read_text()
+    params_path.write_text(text.replace("  seeds: 1 ", f"  seeds: {seeds} ", 1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement")
@@ -54,7 +59,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     env["PYTHONPATH"] = str(ROOT)
-    timings: dict[str, list[float]] = {"reference": [], "repro": [], "noop": []}
+    timings: dict[str, list[float]] = {"reference": [], "repro": [], "noop": [], "sweep": []}
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as scratch:
             uri = f"sqlite:///{Path(scratch) / 'reference.db'}"
@@ -64,6 +69,8 @@ def main() -> None:
             project = fresh_project(Path(scratch))
             timings["repro"].append(timed(["dvc", "repro", "-f"], project, env))
             timings["noop"].append(timed(["dvc", "repro"], project, env))
+            set_seeds(project / "params.yaml", 100)
+            timings["sweep"].append(timed(["dvc", "repro"], project, env))
 
     median = {key: statistics.median(values) for key, values in timings.items()}
     print(
@@ -76,6 +83,7 @@ def main() -> None:
         ("reference: tutorial loop, 7 schedulers x 1000 steps, log_metric per value", "reference"),
         ("`dvc repro -f`: all 3 stages, 10 schedulers x 1000 steps, batched logging", "repro"),
         ("`dvc repro` with nothing changed", "noop"),
+        ("sweep: `train.seeds: 100`, 10 schedulers x 100 seeds x 1000 steps, all stages", "sweep"),
     ]
     for label, key in rows:
         runs = ", ".join(f"{value:.1f}" for value in timings[key])
