@@ -140,12 +140,38 @@ CASES = [
 @pytest.mark.parametrize(
     "break_params, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
-def test_bad_params_name_the_key_and_value(break_params, expected):
+def test_bad_params_name_the_key_and_value(
+    break_params, expected, good_data, tmp_path, monkeypatch
+):
+    """Through the real train command: exit 1, the key and value named, nothing written."""
     document = break_params(copy.deepcopy(tiny_document()))
     with pytest.raises(ParamsError) as caught:
         parse_params(document)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    Path("bad.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    result = CliRunner().invoke(cli, [
+        "train", "--params", "bad.yaml", "--train", str(good_data / "train.csv"),
+        "--test", str(good_data / "test.csv"), "--curves", "curves", "--models", "models",
+        "--metrics", "metrics.json", "--steps", "steps.csv", "--ranking", "ranking.md",
+    ])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert result.output == f"Error: {str(caught.value).replace('params.yaml', 'bad.yaml')}\n"
     for text in expected:
-        assert text in str(caught.value), str(caught.value)
+        assert text in result.output, result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.yaml"]  # no output, no MLflow store
+
+
+@pytest.fixture(scope="module")
+def good_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "params.yaml").write_text(yaml.safe_dump(tiny_document()))
+    result = CliRunner().invoke(cli, [
+        "generate", "--params", str(folder / "params.yaml"),
+        "--train", str(folder / "train.csv"), "--test", str(folder / "test.csv"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return folder
 
 
 def test_yaml_alias_bomb_is_refused(tmp_path):
