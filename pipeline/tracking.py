@@ -43,11 +43,17 @@ class TrackingUnavailable(RuntimeError):
     """The MLflow store cannot be reached or written; the message says which and what to do."""
 
 
-def tracking_uri(root: str | Path = ".") -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the embedded SQLite store under ``root``."""
+def tracking_uri(root: str | Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the embedded SQLite store at the project root.
+
+    The root is ``DVC_ROOT`` when DVC runs the stage: a queued experiment runs in a temporary
+    copy of the project, and DVC points ``DVC_ROOT`` at the real one, so its runs land in the
+    project's store rather than in a folder deleted afterwards. Outside DVC, the current folder.
+    """
     configured = os.environ.get("MLFLOW_TRACKING_URI")
     if configured:
         return configured
+    root = root or os.environ.get("DVC_ROOT") or "."
     return f"sqlite:///{(Path(root) / DEFAULT_STORE).resolve()}"
 
 
@@ -122,6 +128,8 @@ def environment_tags(device: str) -> dict[str, str]:
     }
     if device.startswith("cuda"):
         tags["cuda.device_name"] = torch.cuda.get_device_name(0)
+    if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`
+        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
     # Set by the Docker images, so that a run says which image it ran in.
     for variable, tag in (
         ("LRSCHED_IMAGE", "docker.image"),

@@ -175,3 +175,34 @@ def test_two_trains_share_the_embedded_store_and_lose_nothing(project):
             for key in ("lr", "loss"):
                 steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
                 assert steps == list(range(params["train"]["epochs"]))
+
+
+@pytest.mark.slow
+def test_queued_experiments_in_parallel_all_land_in_the_project_store(project):
+    """`dvc queue start -j 2` runs each experiment in a temporary copy: none may log elsewhere."""
+    env = project_env(project)
+    for seeds in (2, 3):
+        run([str(BIN / "dvc"), "exp", "run", "--queue", "-S", f"train.seeds={seeds}",
+             "-n", f"seeds-{seeds}"], project, env)  # fmt: skip
+    run([str(BIN / "dvc"), "queue", "start", "-j", "2"], project, env)
+    wait_until(
+        lambda: (
+            "Success" in run([str(BIN / "dvc"), "queue", "status"], project, env).stdout
+            and run([str(BIN / "dvc"), "queue", "status"], project, env).stdout.count("Success")
+            == 2
+        ),
+        seconds=600,
+    )
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    parents = runs(store, "FINISHED", "train")
+    assert sorted(p.data.tags["dvc.experiment"] for p in parents) == ["seeds-2", "seeds-3"]
+    assert sorted(p.data.params["train.seeds"] for p in parents) == ["2", "3"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    client = MlflowClient(tracking_uri=store)
+    for parent in parents:
+        children = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        )
+        assert len(children) == len(params["schedulers"])
+        assert all(c.info.status == "FINISHED" for c in children)
