@@ -39,6 +39,13 @@ HTTP_DEFAULTS = {
 }
 
 
+def fail_fast_over_http(uri: str) -> None:
+    """Apply HTTP_DEFAULTS to a tracking server URI, unless the user set those variables."""
+    if uri.startswith(("http://", "https://")):
+        for variable, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(variable, value)
+
+
 class TrackingUnavailable(RuntimeError):
     """The MLflow store cannot be reached or written; the message says which and what to do."""
 
@@ -174,9 +181,7 @@ class Recorder:
 
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri = uri
-        if uri.startswith(("http://", "https://")):
-            for variable, value in HTTP_DEFAULTS.items():
-                os.environ.setdefault(variable, value)
+        fail_fast_over_http(uri)
         self.process_tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
         self.parent_id: str | None = None
         try:
@@ -186,7 +191,7 @@ class Recorder:
                 self.reaped = self._reap_abandoned_runs()
         except (MlflowException, OSError) as error:
             raise TrackingUnavailable(
-                f"cannot use the MLflow store {uri}: {_first_line(error)}\n"
+                f"cannot use the MLflow store {uri}: {first_line(error)}\n"
                 "Start the tracking server, fix MLFLOW_TRACKING_URI, or unset it to use the "
                 "embedded store. Nothing was trained or written."
             ) from None
@@ -235,7 +240,7 @@ class Recorder:
             status = "FINISHED"
         except (MlflowException, OSError) as error:
             raise TrackingUnavailable(
-                f"lost the MLflow store {self.uri} mid-run: {_first_line(error)}\n"
+                f"lost the MLflow store {self.uri} mid-run: {first_line(error)}\n"
                 "No output was written; the runs of this attempt are marked FAILED now, or by "
                 "the next train on this host if the store cannot be reached."
             ) from None
@@ -296,16 +301,15 @@ class Recorder:
             self.client.log_batch(run_id, metrics=chunk, synchronous=True)
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
+    """The first line of an error's message: MLflow's can run to a page of traceback."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
 
 def find_train_run(uri: str, experiment: str, metrics_digest: str) -> str | None:
     """The newest train parent run whose metrics file had this digest, if any."""
-    if uri.startswith(("http://", "https://")):
-        for variable, value in HTTP_DEFAULTS.items():
-            os.environ.setdefault(variable, value)
+    fail_fast_over_http(uri)
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:

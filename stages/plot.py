@@ -56,6 +56,6 @@ def run(
     except (MlflowException, OSError) as error:
         raise tracking.TrackingUnavailable(
             f"wrote the figures to {figures_dir}, but cannot attach them to the MLflow store "
-            f"{uri}: {str(error).strip().splitlines()[0]}"
+            f"{uri}: {tracking.first_line(error)}"
         ) from None
     return paths, run_id

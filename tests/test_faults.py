@@ -53,6 +53,21 @@ def runs(uri: str, status: str | None = None, kind: str | None = None) -> list:
     return client.search_runs([experiment.experiment_id], filter_string=" and ".join(filters))
 
 
+def assert_whole(store: str, parent, params: dict) -> None:
+    """A parent run with a FINISHED child per schedule, each with every step of lr and loss."""
+    client = MlflowClient(tracking_uri=store)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+    )
+    assert len(children) == len(params["schedulers"])
+    for child in children:
+        assert child.info.status == "FINISHED"
+        for key in ("lr", "loss"):
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+            assert steps == list(range(params["train"]["epochs"]))
+
+
 def wait_until(condition, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -163,18 +178,8 @@ def test_two_trains_share_the_embedded_store_and_lose_nothing(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     parents = runs(store, "FINISHED", "train")
     assert len(parents) == 2
-    client = MlflowClient(tracking_uri=store)
     for parent in parents:
-        children = client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-        )
-        assert len(children) == len(params["schedulers"])
-        for child in children:
-            assert child.info.status == "FINISHED"
-            for key in ("lr", "loss"):
-                steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
-                assert steps == list(range(params["train"]["epochs"]))
+        assert_whole(store, parent, params)
 
 
 @pytest.mark.slow
@@ -198,11 +203,5 @@ def test_queued_experiments_in_parallel_all_land_in_the_project_store(project):
     assert sorted(p.data.tags["dvc.experiment"] for p in parents) == ["seeds-2", "seeds-3"]
     assert sorted(p.data.params["train.seeds"] for p in parents) == ["2", "3"]
     params = yaml.safe_load((project / "params.yaml").read_text())
-    client = MlflowClient(tracking_uri=store)
     for parent in parents:
-        children = client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-        )
-        assert len(children) == len(params["schedulers"])
-        assert all(c.info.status == "FINISHED" for c in children)
+        assert_whole(store, parent, params)
