@@ -197,3 +197,17 @@ def test_a_seed_sweep_as_a_dvc_experiment(pipeline_run):
     assert (steps["loss_low"] <= steps["loss"]).all() and (
         steps["loss"] <= steps["loss_high"]
     ).all()
+
+
+def test_committed_lock_matches_the_code_and_params():
+    """A stale dvc.lock would make `make run` on a fresh clone rewrite it: git would see it."""
+    from tests.conftest import ROOT
+
+    status = json.loads(run(["dvc", "status", "--json"], ROOT, project_env(ROOT)).stdout)
+    stale = {
+        stage: change
+        for stage, changes in status.items()
+        for change in changes
+        if isinstance(change, dict) and ({"changed deps", "changed command"} & set(change))
+    }
+    assert not stale, f"re-run `dvc repro` and commit dvc.lock: {stale}"
