@@ -12,13 +12,14 @@ the arithmetic is batched, so each run equals its ``torch.optim`` + ``lr_schedul
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline import minibatch
 from pipeline.data import Dataset
 from pipeline.model import LAYER_NAMES, LogicNet, param_groups
 from pipeline.optim import make_optimizer
@@ -31,18 +32,25 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which 
 
 @dataclass(frozen=True)
 class Arm:
-    """One run of a batch: a schedule, the seed of its weights and of its data."""
+    """One run of a batch: a schedule, the seed of its weights and data, its rate and noise."""
 
     spec: ScheduleSpec
     seed: int
+    lr: float  # the rate the schedule starts from (train.lr, or one value of its grid)
+    noise: float  # the noise of its train set (data.noise, or one value of its grid)
+
+    @property
+    def data_key(self) -> tuple[int, float]:
+        return self.seed, self.noise
 
 
 @dataclass(frozen=True)
 class BatchResult:
     arms: tuple[Arm, ...]
     rates: np.ndarray  # (runs, epochs, 2): the rate of each layer's update i
-    losses: np.ndarray  # (runs, epochs): the loss update i minimised
+    losses: np.ndarray  # (runs, epochs): the whole train set's loss before update i
     state_dicts: tuple[dict[str, torch.Tensor], ...]
+    batch_sizes: np.ndarray  # (runs, epochs): points each update trained on
 
 
 class _Stack:
@@ -74,20 +82,19 @@ class _Rates:
         self.table = np.empty((len(arms), train.epochs, 2))
         self.momenta = np.empty((len(arms), train.epochs, 2))
         self.plateaus: list[tuple[int, Schedule]] = []
-        cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        cache: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
         for index, arm in enumerate(arms):
             if arm.spec.monitor is not None:
                 # A real optimizer, never stepped on real weights: only its rates are read.
                 model = LogicNet(hiddendim=params.model.hidden_dim)
                 groups = param_groups(model, arm.spec.per_layer)
-                optimizer = make_optimizer(groups, train.optimizer, train.lr, train.momentum)
+                optimizer = make_optimizer(groups, train.optimizer, arm.lr, train.momentum)
                 self.plateaus.append((index, Schedule(arm.spec, optimizer, train.epochs)))
                 continue
-            if arm.spec.name not in cache:
-                cache[arm.spec.name] = trace(
-                    arm.spec, train.epochs, train.lr, train.optimizer, train.momentum
-                )
-            rates, momenta = cache[arm.spec.name]
+            key = (arm.spec.name, arm.lr)
+            if key not in cache:
+                cache[key] = trace(arm.spec, train.epochs, arm.lr, train.optimizer, train.momentum)
+            rates, momenta = cache[key]
             self.table[index] = np.repeat(rates, 2 // rates.shape[1], axis=1)
             self.momenta[index] = np.repeat(momenta, 2 // momenta.shape[1], axis=1)
 
@@ -106,19 +113,21 @@ class _Rates:
 def train_batch(
     arms: Sequence[Arm],
     params: Params,
-    datasets: dict[int, Dataset],
+    datasets: Mapping[tuple[int, float], Dataset],
     device: torch.device,
     on_step: Callable[[int], None] = lambda step: None,
 ) -> BatchResult:
-    """Train every arm at once, full batch; ``datasets[seed]`` is the train set of that seed."""
+    """Train every arm at once; ``datasets[arm.data_key]`` is the train set of an arm."""
     models = [initial_model(params, torch.device("cpu"), seed=arm.seed) for arm in arms]
     stack = _Stack(models, device)
-    pairs = [tensors(datasets[arm.seed], device) for arm in arms]
+    pairs = [tensors(datasets[arm.data_key], device) for arm in arms]
     x = torch.stack([features for features, _ in pairs])
     y = torch.stack([labels for _, labels in pairs])
     runs, samples = y.shape
     rates = _Rates(arms, params)
     optimizer = _BatchedOptimizer(stack, params, device)
+
+    batches = _MiniBatches(arms, params.train.epochs, samples, device)
 
     losses = torch.empty(runs, params.train.epochs, dtype=torch.float32, device=device)
     needs_values = bool(rates.plateaus)
@@ -126,11 +135,13 @@ def train_batch(
         lr, momenta = rates.at(step)
         logits = stack.logits(x)
         per_sample = F.cross_entropy(logits.reshape(-1, 2), y.reshape(-1), reduction="none")
-        run_losses = per_sample.view(runs, samples).mean(dim=1)
+        per_sample = per_sample.view(runs, samples)
+        run_losses = per_sample.mean(dim=1)
         losses[:, step] = run_losses.detach()
         for tensor in stack.tensors:
             tensor.grad = None
-        run_losses.sum().backward()  # runs share no weights: each gets its own gradient
+        objective = batches.objective(step, per_sample, run_losses)
+        objective.sum().backward()  # runs share no weights: each gets its own gradient
         optimizer.step(lr, momenta)
         if needs_values:  # one device sync per step, only when a run watches its loss
             accuracy = (logits.argmax(dim=2) == y).float().mean(dim=1)
@@ -145,8 +156,46 @@ def train_batch(
         for index in range(runs)
     )
     return BatchResult(
-        tuple(arms), rates.table.copy(), losses.cpu().numpy().astype(np.float64), state_dicts
+        tuple(arms),
+        rates.table.copy(),
+        losses.cpu().numpy().astype(np.float64),
+        state_dicts,
+        batches.sizes,
     )
+
+
+class _MiniBatches:
+    """Which points each run's update trains on: all of them, or its ``batch_size`` schedule's."""
+
+    def __init__(self, arms: Sequence[Arm], epochs: int, samples: int, device: torch.device):
+        self.rows = [index for index, arm in enumerate(arms) if arm.spec.mini_batch]
+        self.samplers = [
+            minibatch.Sampler(arms[index].spec, epochs, samples, arms[index].seed)
+            for index in self.rows
+        ]
+        self.sizes = np.full((len(arms), epochs), samples, dtype=np.int64)
+        for row, sampler in zip(self.rows, self.samplers, strict=True):
+            self.sizes[row] = sampler.sizes
+        self.index = torch.tensor(self.rows, dtype=torch.long, device=device)
+        self.samples, self.device = samples, device
+
+    def objective(
+        self, step: int, per_sample: torch.Tensor, full_batch: torch.Tensor
+    ) -> torch.Tensor:
+        """Each run's loss to minimise: the whole set's mean, or the mean over its batch."""
+        if not self.rows:
+            return full_batch
+        # Gathered in the batch's own order and averaged, as the twin's criterion on x[batch]
+        # sums: rows of one size at a time, since a tensor is rectangular.
+        chosen = [sampler.batch(step) for sampler in self.samplers]
+        objective = full_batch
+        for size in sorted({len(batch) for batch in chosen}):
+            positions = [p for p, batch in enumerate(chosen) if len(batch) == size]
+            rows = self.index[positions]
+            picked = torch.from_numpy(np.stack([chosen[p] for p in positions])).to(self.device)
+            means = per_sample[rows].gather(1, picked).mean(dim=1)
+            objective = objective.index_copy(0, rows, means)
+        return objective
 
 
 class _BatchedOptimizer:
@@ -192,15 +241,19 @@ class _BatchedOptimizer:
 
 @dataclass(frozen=True)
 class ScheduleResult:
-    """Every seed of one schedule; ``final`` holds means (and ``*_ci95`` with several seeds)."""
+    """Every seed of one run; ``final`` holds means (and ``*_ci95`` with several seeds)."""
 
-    name: str
+    name: str  # the run's name: the schedule's, with its grid point when there is a grid
+    schedule: str
+    lr: float
+    noise: float
     groups: tuple[str, ...]
     seeds: tuple[int, ...]
     rates: np.ndarray  # (seeds, epochs, groups)
     losses: np.ndarray  # (seeds, epochs)
     state_dicts: tuple[dict[str, torch.Tensor], ...]
     finals: dict[str, np.ndarray]  # metric -> (seeds,)
+    batch_sizes: np.ndarray | None = None  # (epochs,), for a ``batch_size`` schedule
 
     @property
     def final(self) -> dict[str, float]:
@@ -216,22 +269,34 @@ class ScheduleResult:
 
 
 def by_schedule(
-    batch: BatchResult, params: Params, train_sets: dict[int, Dataset], test_set: Dataset
+    batch: BatchResult,
+    params: Params,
+    train_sets: Mapping[tuple[int, float], Dataset],
+    test_sets: Mapping[float, Dataset],
 ) -> list[ScheduleResult]:
-    """Group a batch's runs by schedule, in params order, with each run's final metrics."""
+    """Group a batch's arms into the named runs of ``params.runs``, with final metrics.
+
+    ``test_sets[noise]`` is the test set of a noise level.
+    """
     from pipeline.training import evaluate
 
+    cpu = torch.device("cpu")
     results = []
-    for spec in params.schedules:
-        indices = [i for i, arm in enumerate(batch.arms) if arm.spec.name == spec.name]
+    for run in params.runs:
+        spec, variant = run.spec, run.variant
+        indices = [
+            i
+            for i, arm in enumerate(batch.arms)
+            if (arm.spec.name, arm.lr, arm.noise) == (spec.name, variant.lr, variant.noise)
+        ]
         finals: dict[str, list[float]] = {}
         for index in indices:
             model = LogicNet(hiddendim=params.model.hidden_dim)
             model.load_state_dict(batch.state_dicts[index])
-            seed = batch.arms[index].seed
+            arm = batch.arms[index]
             values = evaluate(
-                model, *tensors(train_sets[seed], torch.device("cpu")),
-                *tensors(test_set, torch.device("cpu")),
+                model, *tensors(train_sets[arm.data_key], cpu),
+                *tensors(test_sets[arm.noise], cpu),
             )  # fmt: skip
             values["final_lr"] = float(batch.rates[index, -1, 0])
             for key, value in values.items():
@@ -239,13 +304,17 @@ def by_schedule(
         groups = spec.groups
         results.append(
             ScheduleResult(
-                name=spec.name,
+                name=run.name,
+                schedule=spec.name,
+                lr=variant.lr,
+                noise=variant.noise,
                 groups=groups,
                 seeds=tuple(batch.arms[i].seed for i in indices),
                 rates=batch.rates[indices][:, :, : len(groups)],
                 losses=batch.losses[indices],
                 state_dicts=tuple(batch.state_dicts[i] for i in indices),
                 finals={key: np.array(values) for key, values in finals.items()},
+                batch_sizes=batch.batch_sizes[indices[0]] if spec.mini_batch else None,
             )
         )
     return results

@@ -69,9 +69,11 @@ def generate(params_path: Path, train_path: Path, test_path: Path) -> None:
     from stages import generate as stage
 
     sizes = stage.run(_load(params_path, schedules="skip"), train_path, test_path)
+    levels = sizes["noise levels"]
+    per_level = f" at each of {levels} noise levels" if levels > 1 else ""
     click.echo(
-        f"wrote {train_path} ({sizes['train']} points x {sizes['seeds']} seeds) and "
-        f"{test_path} ({sizes['test']} points)"
+        f"wrote {train_path} ({sizes['train']} points x {sizes['seeds']} seeds{per_level}) and "
+        f"{test_path} ({sizes['test']} points{per_level})"
     )
 
 
@@ -92,6 +94,20 @@ def generate(params_path: Path, train_path: Path, test_path: Path) -> None:
 @click.option(
     "--ranking", "ranking_path", type=PATH, required=True, help="The ranking table (markdown)."
 )
+@click.option(
+    "--report",
+    "report_path",
+    type=PATH,
+    required=True,
+    help="The report on the tutorial's claims (markdown; links the plot stage's figures).",
+)
+@click.option(
+    "--figures",
+    "figures_link",
+    default="../figures",
+    show_default=True,
+    help="Where the report links the figures, relative to the report.",
+)
 def train(
     params_path: Path,
     train_path: Path,
@@ -101,6 +117,8 @@ def train(
     metrics_path: Path,
     steps_path: Path,
     ranking_path: Path,
+    report_path: Path,
+    figures_link: str,
 ) -> None:
     """Stage train: train LogicNet under every schedule; record each run to MLflow."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -108,11 +126,13 @@ def train(
     from stages import train as stage
 
     params = _load(params_path)
-    width = max(len(spec.name) for spec in params.schedules)
-    runs = len(params.schedules) * params.train.seeds
+    width = max(len(run.name) for run in params.runs)
+    points = len(params.variants)
+    grid = f" x {points} grid points" if points > 1 else ""
+    runs = len(params.runs) * params.train.seeds
     click.echo(
-        f"training {len(params.schedules)} schedules x {params.train.seeds} seed(s) = {runs} runs"
-        f" x {params.train.epochs} steps, as one batch"
+        f"training {len(params.schedules)} schedules{grid} x {params.train.seeds} seed(s) = "
+        f"{runs} runs x {params.train.epochs} steps, as one batch"
     )
     progress = Progress(
         TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -129,7 +149,9 @@ def train(
             metrics_path,
             steps_path,
             ranking_path,
+            report_path,
             on_step=lambda step: progress.update(task, completed=step + 1),
+            figures_dir=figures_link,
         )
     for result in summary.results:
         final = result.final
@@ -240,11 +262,14 @@ def preview(
     epochs = steps or params.train.epochs
     train = params.train
     curves = {}
-    for spec in chosen:
-        rates = preview_rates(spec, epochs, train.lr, train.optimizer, train.momentum)
-        curves[spec.name] = {"step": np.arange(epochs), "lr": rates[:, 0]}
-        if rates.shape[1] > 1:
-            curves[spec.name].update({f"lr/{g}": rates[:, i] for i, g in enumerate(spec.groups)})
+    rates_grid = sorted({variant.lr for variant in params.variants}, reverse=True)
+    for lr in rates_grid:  # a grid over train.lr: each schedule from each rate
+        for spec in chosen:
+            name = spec.name + (f"@lr={lr:g}" if len(rates_grid) > 1 else "")
+            rates = preview_rates(spec, epochs, lr, train.optimizer, train.momentum)
+            curves[name] = {"step": np.arange(epochs), "lr": rates[:, 0]}
+            if rates.shape[1] > 1:
+                curves[name].update({f"lr/{g}": rates[:, i] for i, g in enumerate(spec.groups)})
     shown = np.unique(np.linspace(0, epochs - 1, points).round().astype(int))
     table = Table("schedule \\ step", *map(str, shown), box=None)
     for name, curve in curves.items():
@@ -263,8 +288,14 @@ def validate(params_path: Path) -> None:
     click.echo(
         f"{params_path} is valid: {len(params.schedules)} schedules "
         f"({', '.join(spec.name for spec in params.schedules)}), {params.train.epochs} steps, "
-        f"{params.train.optimizer} at lr {params.train.lr}"
+        f"{params.train.optimizer} at lr {_listed(params.train.lr)}, noise "
+        f"{_listed(params.data.noise)}, {params.train.seeds} seed(s): "
+        f"{len(params.runs) * params.train.seeds} runs"
     )
+
+
+def _listed(value: float | tuple[float, ...]) -> str:
+    return ", ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
 
 
 @cli.command()

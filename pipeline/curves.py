@@ -26,6 +26,8 @@ def series(result: ScheduleResult) -> dict[str, np.ndarray]:
     if len(result.groups) > 1:
         for index, group in enumerate(result.groups):
             named[f"lr/{group}"] = _across_seeds(result.rates[:, :, index])
+    if result.batch_sizes is not None:
+        named["batch_size"] = result.batch_sizes.astype(np.float64)
     return named
 
 

@@ -13,6 +13,7 @@ from sklearn.datasets import make_moons
 from pipeline import files
 
 HEADER = ("x1", "x2", "label")
+SET_KEYS = ("seed", "noise")
 
 
 @dataclass(frozen=True)
@@ -43,33 +44,33 @@ def write(dataset: Dataset, path: str | Path) -> None:
     files.write_text(path, to_csv(dataset))
 
 
-def write_seeded(datasets: dict[int, Dataset], path: str | Path) -> None:
-    """Train sets of several seeds in one CSV, ``seed,x1,x2,label``."""
+def write_sets(datasets: dict[tuple[int, float], Dataset], path: str | Path) -> None:
+    """Train sets of several (seed, noise) pairs in one CSV, ``seed,noise,x1,x2,label``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(("seed", *HEADER))
-    for seed, dataset in datasets.items():
+    writer.writerow(SET_KEYS + HEADER)
+    for (seed, noise), dataset in datasets.items():
         pairs = zip(dataset.features.tolist(), dataset.labels.tolist(), strict=True)
         for (x1, x2), label in pairs:
-            writer.writerow((seed, repr(x1), repr(x2), label))
+            writer.writerow((seed, repr(noise), repr(x1), repr(x2), label))
     files.write_text(path, buffer.getvalue())
 
 
-def read_seeded(path: str | Path) -> dict[int, Dataset]:
-    """What :func:`write_seeded` wrote, in the same seed order."""
+def read_sets(path: str | Path) -> dict[tuple[int, float], Dataset]:
+    """What :func:`write_sets` wrote, keyed by (seed, noise), in the same order."""
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
-    if not rows or tuple(rows[0]) != ("seed", *HEADER):
-        raise ValueError(f"{path}: expected a CSV with header seed,{','.join(HEADER)}")
-    grouped: dict[int, list[list[str]]] = {}
+    if not rows or tuple(rows[0]) != SET_KEYS + HEADER:
+        raise ValueError(f"{path}: expected a CSV with header {','.join(SET_KEYS + HEADER)}")
+    grouped: dict[tuple[int, float], list[list[str]]] = {}
     for row in rows[1:]:
-        grouped.setdefault(int(row[0]), []).append(row[1:])
+        grouped.setdefault((int(row[0]), float(row[1])), []).append(row[2:])
     return {
-        seed: Dataset(
+        key: Dataset(
             np.array([[float(r[0]), float(r[1])] for r in body], dtype=np.float64).reshape(-1, 2),
             np.array([int(r[2]) for r in body], dtype=np.int64),
         )
-        for seed, body in grouped.items()
+        for key, body in grouped.items()
     }
 
 

@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display: render to files only
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -81,9 +82,11 @@ def losses(curves: Curves) -> Figure:
 
 
 def decision_boundaries(
-    models: Mapping[str, LogicNet], train_set: Dataset, test_set: Dataset, metrics: Mapping
+    models: Mapping[str, LogicNet],
+    sets: Mapping[str, tuple[Dataset, Dataset]],
+    metrics: Mapping,
 ) -> Figure:
-    """Small multiples: each trained model's decision regions over the data."""
+    """Small multiples: each trained model's decision regions over its (train, test) data."""
     columns = min(4, len(models))
     rows = math.ceil(len(models) / columns)
     figure, grid = plt.subplots(
@@ -95,11 +98,12 @@ def decision_boundaries(
         sharey=True,
         layout="constrained",
     )
-    everything = np.vstack([train_set.features, test_set.features])
+    everything = np.vstack([d.features for pair in sets.values() for d in pair])
     low, high = everything.min(axis=0) - 0.5, everything.max(axis=0) + 0.5
     xs, ys = np.meshgrid(np.linspace(low[0], high[0], 200), np.linspace(low[1], high[1], 200))
     points = torch.from_numpy(np.c_[xs.ravel(), ys.ravel()]).float()
     for axes, (name, model) in zip(grid.flat, models.items(), strict=False):
+        train_set, test_set = sets[name]
         with torch.no_grad():
             regions = model.predict(points).numpy().reshape(xs.shape)
         axes.contourf(xs, ys, regions, levels=[-0.5, 0.5, 1.5], colors=["#f4c7c3", "#c6dbef"])
@@ -116,6 +120,36 @@ def decision_boundaries(
     for axes in grid[:, 0]:
         axes.set_ylabel("x2")
     figure.suptitle("Decision boundaries (large dots: train set; faint: test set)")
+    return figure
+
+
+def test_accuracy(per_seed: Mapping[str, np.ndarray]) -> Figure:
+    """Final test accuracy per run: each seed a dot, the mean with its 95% interval a bar."""
+    from pipeline.stats import mean_interval
+
+    names = list(per_seed)
+    figure, axes = plt.subplots(figsize=(9, 0.42 * len(names) + 1.6), layout="constrained")
+    jitter = np.random.default_rng(0)  # fixed: the same inputs give the same picture
+    for position, (color, name) in enumerate(zip(_colors(len(names)), names, strict=True)):
+        values = per_seed[name]
+        offsets = jitter.uniform(-0.18, 0.18, len(values)) if len(values) > 1 else [0.0]
+        axes.scatter(values, position + np.asarray(offsets), s=10, color=color, alpha=0.35)
+        mean, half = mean_interval(values)
+        whisker = None if np.isnan(half) else half
+        axes.errorbar(mean, position, xerr=whisker, fmt="D", color="black", ms=5, capsize=4)
+        label = f"{mean:.1%}" + ("" if whisker is None else f" ± {half:.1%}")
+        axes.annotate(label, (mean, position), xytext=(0, 9), textcoords="offset points",
+                      ha="center", fontsize="x-small")  # fmt: skip
+    seeds = len(next(iter(per_seed.values())))
+    axes.set_yticks(range(len(names)), names)
+    axes.invert_yaxis()
+    axes.set(
+        xlabel="test accuracy",
+        title="Final test accuracy: dots are seeds"
+        + (f"; diamonds the mean of {seeds} with its 95% interval" if seeds > 1 else ""),
+    )
+    axes.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    axes.grid(alpha=0.3, axis="x")
     return figure
 
 

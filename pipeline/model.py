@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,3 +57,13 @@ def load_model(path: str, hidden_dim: int, index: int = 0) -> LogicNet:
     model = LogicNet(inputdim=2, hiddendim=hidden_dim, outputdim=2)
     model.load_state_dict({k: v[index] for k, v in saved.items() if k != "seeds"})
     return model.eval()
+
+
+def seed_accuracies(path: str, features: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Accuracy of every seed's model in a :func:`stacked_weights` file, (seeds,) float64."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    w1, b1 = saved["Liner1.weight"], saved["Liner1.bias"]
+    w2, b2 = saved["Liner2.weight"], saved["Liner2.bias"]
+    hidden = torch.tanh(features @ w1.transpose(1, 2) + b1.unsqueeze(1))  # LogicNet.forward
+    predicted = (hidden @ w2.transpose(1, 2) + b2.unsqueeze(1)).argmax(dim=2)
+    return (predicted == labels).sum(dim=1).numpy() / len(labels)

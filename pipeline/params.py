@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
 if TYPE_CHECKING:  # importing schedules imports torch: only the stages that need it pay
     from pipeline.schedules import ScheduleSpec
@@ -39,6 +47,22 @@ class _Frozen(BaseModel):
 
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
+MAX_GRID = 50  # values of one grid axis (train.lr, data.noise)
+Rate = Annotated[StrictFloat, Field(gt=0, le=100)]
+Noise = Annotated[StrictFloat, Field(ge=0, le=10)]
+
+
+def _grid_axis(values: Any) -> Any:
+    """A list of values is a grid axis: at least one value, each once."""
+    if isinstance(values, list):
+        if not values:
+            raise ValueError("an empty list; give one value or a list of values to sweep")
+        if len(values) > MAX_GRID:
+            raise ValueError(f"{len(values)} values; a grid axis has at most {MAX_GRID}")
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if repeated:
+            raise ValueError(f"{repeated} repeated; each value of a grid axis once")
+    return values
 
 
 class TestSetParams(_Frozen):
@@ -48,7 +72,9 @@ class TestSetParams(_Frozen):
 
 class DataParams(_Frozen):
     n_samples: Annotated[StrictInt, Field(ge=2, le=1_000_000)] = 20
-    noise: Annotated[StrictFloat, Field(ge=0, le=10)] = 0.2
+    noise: Noise | tuple[Noise, ...] = 0.2  # a list is a grid: every run at every noise
+
+    _axis = field_validator("noise", mode="before")(_grid_axis)
     test: TestSetParams = TestSetParams()
 
 
@@ -57,12 +83,14 @@ class ModelParams(_Frozen):
 
 
 class TrainParams(_Frozen):
-    lr: Annotated[StrictFloat, Field(gt=0, le=100)] = 0.01
+    lr: Rate | tuple[Rate, ...] = 0.01  # a list is a grid: every schedule from every rate
     epochs: Annotated[StrictInt, Field(gt=0, le=1_000_000)] = 1000
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.0
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     seeds: Annotated[StrictInt, Field(ge=1, le=10_000)] = 1
+
+    _axis = field_validator("lr", mode="before")(_grid_axis)
 
 
 class AnalysisParams(_Frozen):
@@ -85,6 +113,28 @@ class _RawParams(_Frozen):
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One point of the grid: the rate every schedule starts from and the data's noise."""
+
+    lr: float
+    noise: float
+    label: str  # "" without a grid; else "@lr=0.05", "@noise=0.3" or "@lr=0.05,noise=0.3"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One named run of the pipeline: a schedule at a grid point (over every seed)."""
+
+    name: str
+    spec: ScheduleSpec
+    variant: Variant
+
+
+def _axis_values(value: float | tuple[float, ...]) -> tuple[float, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole, validated params.yaml; ``schedules`` keeps the order of the file."""
 
@@ -101,6 +151,36 @@ class Params:
     def seeds(self) -> list[int]:
         """``seed``, ``seed + 1``, ...: each draws its own train set and initial weights."""
         return [self.seed + offset for offset in range(self.train.seeds)]
+
+    @property
+    def variants(self) -> list[Variant]:
+        """The grid over ``train.lr`` x ``data.noise``; one point when both are numbers."""
+        lrs, noises = _axis_values(self.train.lr), _axis_values(self.data.noise)
+        points = []
+        for noise in noises:
+            for lr in lrs:
+                parts = [f"lr={lr:g}"] * (len(lrs) > 1) + [f"noise={noise:g}"] * (len(noises) > 1)
+                points.append(Variant(lr, noise, "@" + ",".join(parts) if parts else ""))
+        return points
+
+    @property
+    def runs(self) -> list[Run]:
+        """Every named run, grid point by grid point, schedules in file order."""
+        return [
+            Run(spec.name + variant.label, spec, variant)
+            for variant in self.variants
+            for spec in self.schedules
+        ]
+
+    def at(self, variant: Variant) -> Params:
+        """These params at one grid point: ``train.lr`` and ``data.noise`` single numbers."""
+        from dataclasses import replace
+
+        return replace(
+            self,
+            train=self.train.model_copy(update={"lr": variant.lr}),
+            data=self.data.model_copy(update={"noise": variant.noise}),
+        )
 
     def schedule(self, name: str) -> ScheduleSpec:
         for spec in self.schedules:
@@ -173,18 +253,20 @@ def parse_params(
         from pipeline.schedules import SpecError, parse_spec
 
         train = raw.train
+        rates = _axis_values(train.lr)
         try:
-            specs.append(
-                parse_spec(
+            # Tried at the grid's extremes: a rate that goes bad does so at one end or the other.
+            for lr in sorted({min(rates), max(rates)}):
+                parsed = parse_spec(
                     name,
                     spec,
                     train.epochs,
-                    train.lr,
+                    lr,
                     train.optimizer,
                     train.momentum,
                     trial=schedules == "trial",
                 )
-            )
+            specs.append(parsed)
         except SpecError as error:
             problems.append(f"schedulers.{name}{error.path}: {error}")
     if problems:
@@ -221,17 +303,43 @@ def _check_size(document: Any, source: str) -> None:
 
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = []
-    for item in error.errors():
+    for item in _without_union_noise(error.errors()):
         path = ".".join(str(part) for part in item["loc"])
         if item["type"] == "missing":
             lines.append(f"{path}: missing; it is required")
         elif item["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown key (value {item['input']!r}); remove it or fix a typo")
         else:
-            lines.append(
-                f"{path}: got {item['input']!r}; {item['msg'][0].lower()}{item['msg'][1:]}"
-            )
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{path}: got {item['input']!r}; {message[0].lower()}{message[1:]}")
     return f"{source} is invalid:\n" + "\n".join(f"  - {line}" for line in lines)
+
+
+def _without_union_noise(errors: list[dict]) -> list[dict]:
+    """A number-or-list key (train.lr, data.noise) fails as both; report the form the user chose.
+
+    pydantic names each member of the union in the error's location ("constrained-float",
+    "tuple[...]"); those names are dropped, and of the two failures only the one matching the
+    value's form (a list or a single value) is kept.
+    """
+    kept = []
+    for item in errors:
+        loc = list(item["loc"])
+        member = next((part for part in loc if _is_union_member(part)), None)
+        if member is not None:
+            at = loc.index(member)
+            value = item["input"] if at + 1 == len(loc) else None
+            chose_list = at + 1 < len(loc) or isinstance(value, list)
+            if member.startswith("tuple[") != chose_list:
+                continue
+            item = {**item, "loc": tuple(loc[:at] + loc[at + 1 :])}
+        kept.append(item)
+    return kept
+
+
+def _is_union_member(part: Any) -> bool:
+    names = ("tuple[", "constrained-", "float")
+    return isinstance(part, str) and part.startswith(names)
 
 
 def _kind(value: Any) -> str:

@@ -28,8 +28,12 @@ from pipeline.optim import make_optimizer
 BUILTIN_TYPES = {
     "constant": "the rate never changes (the baseline)",
     "manual": "the tutorial's loop: after update i, if i % every == 0, multiply the rate by factor",
+    "batch_size": "the rate stays put; the mini-batch grows instead: initial points, times factor"
+    " every `every` updates, up to the whole train set (the tutorial's alternative to decay)",
 }
 MANUAL_DEFAULTS = {"every": 50, "factor": 0.99}
+BATCH_DEFAULTS = {"initial": 4, "factor": 2, "every": 250}
+BUILTIN_DEFAULTS = {"constant": {}, "manual": MANUAL_DEFAULTS, "batch_size": BATCH_DEFAULTS}
 RULE_ARGUMENT = "lr_lambda"
 NESTING_TYPES = ("SequentialLR", "ChainedScheduler")
 MONITORS = ("loss", "accuracy")
@@ -60,6 +64,11 @@ class ScheduleSpec:
     rules: Mapping[str, expressions.Expression] = field(default_factory=dict)
 
     @property
+    def mini_batch(self) -> bool:
+        """Whether updates train on growing mini-batches rather than the whole train set."""
+        return self.type == "batch_size"
+
+    @property
     def groups(self) -> tuple[str, ...]:
         return LAYER_NAMES if self.per_layer else ("all",)
 
@@ -83,17 +92,12 @@ def available_types() -> list[dict[str, str]]:
     """One row per schedule type: name, where it comes from, its arguments, a summary."""
     rows = [
         {
-            "type": "constant",
+            "type": kind,
             "source": "lrsched",
-            "arguments": "",
-            "summary": BUILTIN_TYPES["constant"],
-        },
-        {
-            "type": "manual",
-            "source": "lrsched",
-            "arguments": ", ".join(f"{k}={v}" for k, v in MANUAL_DEFAULTS.items()),
-            "summary": BUILTIN_TYPES["manual"],
-        },
+            "arguments": ", ".join(f"{k}={v}" for k, v in BUILTIN_DEFAULTS[kind].items()),
+            "summary": summary,
+        }
+        for kind, summary in BUILTIN_TYPES.items()
     ]
     for name, cls in torch_types().items():
         arguments = []
@@ -189,17 +193,19 @@ def _parse(name: str, raw: Any, epochs: int, nested: bool) -> ScheduleSpec:
 
 
 def _parse_builtin(name: str, kind: str, kwargs: dict[str, Any]) -> ScheduleSpec:
-    allowed = MANUAL_DEFAULTS if kind == "manual" else {}
+    allowed = BUILTIN_DEFAULTS[kind]
     for key, value in kwargs.items():
         if key not in allowed:
             names = ", ".join(allowed) or "none"
             raise SpecError(f"{kind} takes no argument {key!r}; allowed: {names}", f".{key}")
-        if key == "every" and not (type(value) is int and value > 0):
-            raise SpecError(f"got {value!r}; must be a positive integer", ".every")
+        if key in ("every", "initial") and not (type(value) is int and value > 0):
+            raise SpecError(f"got {value!r}; must be a positive integer", f".{key}")
         if key == "factor" and not (
             type(value) in (int, float) and math.isfinite(value) and value > 0
         ):
             raise SpecError(f"got {value!r}; must be a positive finite number", ".factor")
+        if kind == "batch_size" and key == "factor" and value < 1:
+            raise SpecError(f"got {value!r}; a batch grows: factor must be >= 1", ".factor")
     return ScheduleSpec(name, kind, {**allowed, **kwargs})
 
 

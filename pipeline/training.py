@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline import minibatch
 from pipeline.data import Dataset
 from pipeline.model import LogicNet, param_groups
 from pipeline.optim import make_optimizer
@@ -22,7 +23,7 @@ class RunResult:
     name: str
     groups: tuple[str, ...]
     rates: np.ndarray  # (epochs, groups): the rate update i used
-    losses: np.ndarray  # (epochs,): the loss update i minimised
+    losses: np.ndarray  # (epochs,): the whole train set's loss before update i
     state_dict: dict[str, torch.Tensor]
     final: dict[str, float]
 
@@ -80,6 +81,10 @@ def train_one(
     schedule = Schedule(spec, optimizer, epochs)
     x, y = tensors(train_set, device)
 
+    sampler = (
+        minibatch.Sampler(spec, epochs, len(train_set), params.seed) if spec.mini_batch else None
+    )
+
     rates = np.empty((epochs, len(optimizer.param_groups)))
     losses = torch.empty(epochs, device=device)
     needs_values = spec.monitor is not None
@@ -88,6 +93,9 @@ def train_one(
         logits = model(x)
         loss = model.criterion(logits, y)
         losses[index] = loss.detach()
+        if sampler is not None:  # train on the mini-batch; record the whole set's loss
+            chosen = torch.from_numpy(sampler.batch(index)).to(device)
+            loss = model.criterion(model(x[chosen]), y[chosen])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -9,11 +9,26 @@ from pipeline.params import Params
 
 
 def run(params: Params, train_path: Path, test_path: Path) -> dict[str, int]:
-    """One train set per seed (its noise drawn from that seed), one shared test set."""
+    """A train set per seed and noise level (the seed draws its noise), a test set per noise.
+
+    The test set has a seed of its own, shared by every run at a noise level: runs differ only
+    in what they trained on.
+    """
+    noises = sorted({variant.noise for variant in params.variants})
     train_sets = {
-        seed: data.generate(params.data.n_samples, params.data.noise, seed) for seed in params.seeds
+        (seed, noise): data.generate(params.data.n_samples, noise, seed)
+        for noise in noises
+        for seed in params.seeds
     }
-    test_set = data.generate(params.data.test.n_samples, params.data.noise, params.data.test.seed)
-    data.write_seeded(train_sets, train_path)
-    data.write(test_set, test_path)
-    return {"train": params.data.n_samples, "seeds": len(train_sets), "test": len(test_set)}
+    test = params.data.test
+    test_sets = {
+        (test.seed, noise): data.generate(test.n_samples, noise, test.seed) for noise in noises
+    }
+    data.write_sets(train_sets, train_path)
+    data.write_sets(test_sets, test_path)
+    return {
+        "train": params.data.n_samples,
+        "seeds": len(params.seeds),
+        "noise levels": len(noises),
+        "test": test.n_samples,
+    }

@@ -5,13 +5,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from mlflow.exceptions import MlflowException
 
 from pipeline import curves, data, figures, files, tracking
-from pipeline.model import load_model
+from pipeline.model import load_model, seed_accuracies
 from pipeline.params import Params
+from pipeline.training import tensors
 
-FIGURES = ("learning_rates.png", "losses.png", "decision_boundaries.png", "final_metrics.png")
+CPU = torch.device("cpu")
+FIGURES = (
+    "learning_rates.png",
+    "losses.png",
+    "test_accuracy.png",
+    "decision_boundaries.png",
+    "final_metrics.png",
+)
 
 
 def run(
@@ -24,21 +33,27 @@ def run(
     figures_dir: Path,
 ) -> tuple[list[Path], str | None]:
     """Write the figures; return their paths and the MLflow run they were attached to."""
-    names = [spec.name for spec in params.schedules]
+    runs = params.runs
+    names = [run.name for run in runs]
     tables = curves.read_all(curves_dir, names)
     metrics = json.loads(Path(metrics_path).read_text())
-    models = {
-        name: load_model(str(Path(models_dir) / f"{name}.pt"), params.model.hidden_dim)
-        for name in names
-    }
+    weights = {name: str(Path(models_dir) / f"{name}.pt") for name in names}
+    train_sets = data.read_sets(train_path)
+    test_sets = {noise: dataset for (_, noise), dataset in data.read_sets(test_path).items()}
     # Decision boundaries show the first seed's model over the first seed's train set.
-    train_set, test_set = data.read_seeded(train_path)[params.seeds[0]], data.read(test_path)
+    first = params.seeds[0]
+    sets = {run.name: (train_sets[first, run.variant.noise], test_sets[run.variant.noise])
+            for run in runs}  # fmt: skip
+    models = {name: load_model(weights[name], params.model.hidden_dim) for name in names}
+    accuracies = {
+        run.name: seed_accuracies(weights[run.name], *tensors(sets[run.name][1], CPU))
+        for run in runs
+    }
     rendered = {
         "learning_rates.png": figures.learning_rates(tables),
         "losses.png": figures.losses(tables),
-        "decision_boundaries.png": figures.decision_boundaries(
-            models, train_set, test_set, metrics
-        ),
+        "test_accuracy.png": figures.test_accuracy(accuracies),
+        "decision_boundaries.png": figures.decision_boundaries(models, sets, metrics),
         "final_metrics.png": figures.final_metrics(metrics),
     }
     with files.staged_directory(figures_dir) as staging:

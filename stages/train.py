@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import curves, data, files, stats, tracking
+from pipeline import curves, data, files, report, stats, tracking
 from pipeline.batched import Arm, ScheduleResult, by_schedule, train_batch
 from pipeline.model import stacked_weights, weights_bytes
 from pipeline.params import Params
@@ -39,15 +39,28 @@ def run(
     metrics_path: Path,
     steps_path: Path,
     ranking_path: Path,
+    report_path: Path,
     on_step: Callable[[int], None] = lambda step: None,
+    figures_dir: str = "../figures",
 ) -> TrainSummary:
+    """``figures_dir``: where the report's figure links point, relative to the report."""
     started = time.perf_counter()
     make_deterministic()
     device = select_device(params.train.device)
-    train_sets, test_set = data.read_seeded(train_path), data.read(test_path)
-    missing = sorted(set(params.seeds) - set(train_sets))
-    if missing:
-        raise ValueError(f"{train_path} has no train set for seeds {missing}; re-run generate")
+    train_sets = data.read_sets(train_path)
+    test_sets = {noise: dataset for (_, noise), dataset in data.read_sets(test_path).items()}
+    arms = [
+        Arm(run.spec, seed, run.variant.lr, run.variant.noise)
+        for run in params.runs
+        for seed in params.seeds
+    ]
+    missing = sorted({arm.data_key for arm in arms} - set(train_sets))
+    missing_tests = sorted({arm.noise for arm in arms} - set(test_sets))
+    if missing or missing_tests:
+        raise ValueError(
+            f"{train_path} or {test_path} lacks the sets for (seed, noise) "
+            f"{missing or missing_tests}; re-run generate"
+        )
     uri = tracking.tracking_uri()
     recorder = tracking.Recorder(uri, params.mlflow.experiment)
     lineage = {
@@ -60,17 +73,10 @@ def run(
 
     with recorder.parent("train", shared, lineage):
         training_started = time.perf_counter()
-        arms = [Arm(spec, seed) for spec in params.schedules for seed in params.seeds]
         batch = train_batch(arms, params, train_sets, device, on_step=on_step)
-        results = by_schedule(batch, params, train_sets, test_set)
-        ranking = stats.rank(
-            {r.name: r.finals["final_loss"] for r in results},
-            {r.name: r.finals["test_accuracy"] for r in results},
-            {r.name: r.losses for r in results},
-            params.analysis.target_loss,
-            params.analysis.alpha,
-        )
-        ranked = {row.name: row for row in ranking}
+        results = by_schedule(batch, params, train_sets, test_sets)
+        rankings = _rank_by_noise(results, params)
+        ranked = {row.name: row for ranking in rankings.values() for row in ranking}
         training_seconds = time.perf_counter() - training_started
 
         logging_started = time.perf_counter()
@@ -79,7 +85,7 @@ def run(
             files.staged_directory(models_dir) as models_tmp,
         ):
             for result in results:
-                spec = params.schedule(result.name)
+                spec = params.schedule(result.schedule)
                 curve_path = curves.write(result, curves_tmp)
                 weights_path = models_tmp / f"{result.name}.pt"
                 weights = stacked_weights(list(result.seeds), list(result.state_dicts))
@@ -89,18 +95,26 @@ def run(
                     seeds_path = curves_tmp / f"{result.name}.seeds.npy"
                     files.write_bytes(seeds_path, _per_seed_bytes(result))
                     artifacts["seeds"] = seeds_path
+                point = {"train": {"lr": result.lr}, "data": {"noise": result.noise}}
                 recorder.child(
                     result.name,
-                    params={**shared, **tracking.flatten({"scheduler": spec.as_params()})},
+                    params={
+                        **shared,
+                        **tracking.flatten({**point, "scheduler": spec.as_params()}),
+                    },
                     tags={**lineage, "scheduler": spec.name, "scheduler.type": spec.type},
                     series=curves.series(result),
                     final={**result.final, **_ranking_metrics(ranked[result.name])},
                     artifacts=artifacts,
                 )
         files.write_text(steps_path, curves.long_table(results))
-        table = stats.markdown(ranking, params.analysis.target_loss, params.analysis.alpha)
+        table = _ranking_markdown(rankings, params)
         files.write_text(ranking_path, table)
         recorder.attach_text(table, "ranking.md")
+        claims = report.check_claims(results, params)
+        text = report.markdown(claims, table, params, figures_dir)
+        files.write_text(report_path, text)
+        recorder.attach_text(text, "report.md")
         # Last: a metrics file on disk means every other output of this run is complete.
         files.write_text(metrics_path, metrics_json(results, ranked))
         recorder.tag(tracking.OUTPUTS_TAG, files.sha256_files([metrics_path]))
@@ -115,6 +129,35 @@ def run(
         logging_seconds,
         tuple(recorder.reaped),
     )
+
+
+def _rank_by_noise(
+    results: list[ScheduleResult], params: Params
+) -> dict[float, list[stats.Ranked]]:
+    """A ranking per noise level: runs on different data are not compared with each other."""
+    rankings = {}
+    for noise in dict.fromkeys(result.noise for result in results):
+        group = [result for result in results if result.noise == noise]
+        rankings[noise] = stats.rank(
+            {r.name: r.finals["final_loss"] for r in group},
+            {r.name: r.finals["test_accuracy"] for r in group},
+            {r.name: r.losses for r in group},
+            params.analysis.target_loss,
+            params.analysis.alpha,
+        )
+    return rankings
+
+
+def _ranking_markdown(rankings: dict[float, list[stats.Ranked]], params: Params) -> str:
+    analysis = params.analysis
+    if len(rankings) == 1:
+        return stats.markdown(next(iter(rankings.values())), analysis.target_loss, analysis.alpha)
+    sections = [
+        f"## data.noise = {noise:g}\n\n"
+        + stats.markdown(ranking, analysis.target_loss, analysis.alpha)
+        for noise, ranking in rankings.items()
+    ]
+    return "\n".join(sections)
 
 
 def _per_seed_bytes(result: ScheduleResult) -> bytes:

@@ -38,6 +38,7 @@ def tiny_document(epochs: int = 120) -> dict:
     schedulers["warmup_cosine"]["schedulers"][0]["total_iters"] = 20
     schedulers["warmup_cosine"]["schedulers"][1]["T_max"] = epochs - 20
     schedulers["OneCycleLR"]["total_steps"] = epochs
+    schedulers["growing_batch"]["every"] = epochs // 4
     return document
 
 

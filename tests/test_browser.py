@@ -31,7 +31,7 @@ def test_ui_lists_a_run_per_scheduler_and_charts_lr(project):
     run([lrsched, "generate", "--train", "data/train.csv", "--test", "data/test.csv"], project, env)
     run([lrsched, "train", "--train", "data/train.csv", "--test", "data/test.csv",
          "--curves", "curves", "--models", "models", "--metrics", "m.json", "--steps", "s.csv",
-         "--ranking", "r.md"],
+         "--ranking", "r.md", "--report", "report.md"],
         project, env)  # fmt: skip
     names = list(yaml.safe_load((project / "params.yaml").read_text())["schedulers"])
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")

@@ -78,7 +78,8 @@ def test_preview_of_an_unknown_name_says_which_exist(in_tmp):
 def test_validate_summarises_a_good_file(in_tmp):
     result = CliRunner().invoke(cli, ["validate"])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("params.yaml is valid: 10 schedules (constant, manual, StepLR")
+    assert result.output.startswith("params.yaml is valid: 11 schedules (constant, manual, StepLR")
+    assert result.output.rstrip().endswith("noise 0.2, 1 seed(s): 11 runs")
 
 
 def test_ui_points_to_a_tracking_server_instead_of_starting_one(monkeypatch):

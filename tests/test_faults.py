@@ -21,6 +21,7 @@ TRAIN_OUTPUTS = [
     "outputs/metrics.json",
     "outputs/steps.csv",
     "outputs/ranking.md",
+    "outputs/report.md",
 ]
 
 
@@ -29,7 +30,7 @@ def train_command(tag: str = "") -> list[str]:
         str(BIN / "lrsched"), "train", "--train", "data/train.csv", "--test", "data/test.csv",
         "--curves", f"outputs/curves{tag}", "--models", f"outputs/models{tag}",
         "--metrics", f"outputs/metrics{tag}.json", "--steps", f"outputs/steps{tag}.csv",
-        "--ranking", f"outputs/ranking{tag}.md",
+        "--ranking", f"outputs/ranking{tag}.md", "--report", f"outputs/report{tag}.md",
     ]  # fmt: skip
 
 

@@ -49,6 +49,28 @@ CASES = [
     ),
     ("unknown device", lambda d: _set(d, "train.device", "tpu"), ["train.device", "'tpu'"]),
     ("noise out of range", lambda d: _set(d, "data.noise", -0.1), ["data.noise", "-0.1"]),
+    ("empty lr grid", lambda d: _set(d, "train.lr", []), ["train.lr", "[]", "empty list"]),
+    (
+        "repeated lr in a grid",
+        lambda d: _set(d, "train.lr", [0.1, 0.01, 0.1]),
+        ["train.lr", "[0.1] repeated"],
+    ),
+    (
+        "bad value inside a grid",
+        lambda d: _set(d, "train.lr", [0.1, -2.0]),
+        ["train.lr.1", "-2.0", "greater than 0"],
+    ),
+    ("noise grid of text", lambda d: _set(d, "data.noise", [0.1, "x"]), ["data.noise.1", "'x'"]),
+    (
+        "batch that shrinks",
+        lambda d: _set(d, "schedulers.growing_batch.factor", 0.5),
+        ["schedulers.growing_batch.factor", "0.5", "factor must be >= 1"],
+    ),
+    (
+        "batch of zero points",
+        lambda d: _set(d, "schedulers.growing_batch.initial", 0),
+        ["schedulers.growing_batch.initial", "0", "positive integer"],
+    ),
     ("hidden_dim as text", lambda d: _set(d, "model.hidden_dim", "3"), ["model.hidden_dim", "'3'"]),
     ("misspelt section", lambda d: _set(d, "trian", {"lr": 1}), ["trian", "unknown key"]),
     (
@@ -154,6 +176,7 @@ def test_bad_params_name_the_key_and_value(
         "train", "--params", "bad.yaml", "--train", str(good_data / "train.csv"),
         "--test", str(good_data / "test.csv"), "--curves", "curves", "--models", "models",
         "--metrics", "metrics.json", "--steps", "steps.csv", "--ranking", "ranking.md",
+        "--report", "report.md",
     ])  # fmt: skip
     assert result.exit_code == 1, result.output
     assert result.output == f"Error: {str(caught.value).replace('params.yaml', 'bad.yaml')}\n"
@@ -225,6 +248,8 @@ def test_a_bad_file_stops_every_stage_before_it_writes(tmp_path, monkeypatch):
             "steps.csv",
             "--ranking",
             "ranking.md",
+            "--report",
+            "report.md",
         ],
     )
     generate = runner.invoke(

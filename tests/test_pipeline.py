@@ -23,8 +23,10 @@ OUTPUTS = [
     "outputs/metrics.json",
     "outputs/steps.csv",
     "outputs/ranking.md",
+    "outputs/report.md",
     "figures/learning_rates.png",
     "figures/losses.png",
+    "figures/test_accuracy.png",
     "figures/decision_boundaries.png",
     "figures/final_metrics.png",
 ]
@@ -197,6 +199,33 @@ def test_a_seed_sweep_as_a_dvc_experiment(pipeline_run):
     assert (steps["loss_low"] <= steps["loss"]).all() and (
         steps["loss"] <= steps["loss_high"]
     ).all()
+
+
+def test_a_grid_over_rates_and_noise_as_a_dvc_experiment(pipeline_run):
+    root, env = pipeline_run["root"], pipeline_run["env"]
+    run(["dvc", "exp", "run", "-S", "train.lr=[0.05,0.01]", "-S", "data.noise=[0.1,0.3]",
+         "-S", "train.seeds=2", "-n", "grid"], root, env)  # fmt: skip
+    names = list(yaml.safe_load((root / "params.yaml").read_text())["schedulers"])
+    expected = {
+        f"{name}@lr={lr},noise={noise}" for noise in (0.1, 0.3) for lr in (0.05, 0.01)
+        for name in names
+    }  # fmt: skip
+    metrics = json.loads((root / "outputs/metrics.json").read_text())
+    assert set(metrics) == expected
+    assert {p.stem for p in (root / "outputs/models").iterdir()} == expected
+    # One ranking per noise level: runs on different data are not ranked against each other.
+    for noise in (0.1, 0.3):
+        ranks = sorted(v["rank"] for k, v in metrics.items() if k.endswith(f"noise={noise}"))
+        assert ranks == list(range(1, 2 * len(names) + 1))
+    ranking = (root / "outputs/ranking.md").read_text()
+    assert "## data.noise = 0.1" in ranking and "## data.noise = 0.3" in ranking
+    report = (root / "outputs/report.md").read_text()
+    large_vs_small = next(line for line in report.splitlines() if line.startswith("| A large"))
+    assert "not tested" not in large_vs_small  # a grid over train.lr makes it testable
+    assert "constant@lr=0.05,noise=0.1" in report and "constant@lr=0.01,noise=0.1" in report
+    train_keys = {tuple(row.split(",")[:2]) for row in
+                  (root / "data/train.csv").read_text().splitlines()[1:]}  # fmt: skip
+    assert train_keys == {(str(seed), str(noise)) for seed in (42, 43) for noise in (0.1, 0.3)}
 
 
 def test_committed_lock_matches_the_code_and_params():
