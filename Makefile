@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # DVC runs each stage's `lrsched ...` command through the shell: put the venv first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench image-test clean
 
 run: $(VENV)/.runtime  ## run the whole pipeline on params.yaml
 	dvc repro
@@ -18,11 +18,13 @@ run: $(VENV)/.runtime  ## run the whole pipeline on params.yaml
 test: $(VENV)/.test  ## lint, then the test suite
 	ruff check .
 	ruff format --check .
+	hadolint docker/*Dockerfile
 	pytest
 
 lint: $(VENV)/.test
 	ruff check .
 	ruff format --check .
+	hadolint docker/*Dockerfile
 
 format: $(VENV)/.test
 	ruff format .
@@ -30,6 +32,9 @@ format: $(VENV)/.test
 
 bench: $(VENV)/.runtime  ## time the pipeline against the tutorial-style reference
 	python scripts/benchmark.py
+
+image-test: $(VENV)/.runtime  ## build the CPU image with podman, dvc repro in it, compare with the host (root)
+	python scripts/image_test.py
 
 $(VENV)/.runtime: requirements/lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -7,6 +7,9 @@ RUN python -m pip install --no-cache-dir mlflow==3.17.2 psycopg2-binary==2.9.13 
     && useradd --create-home --uid 10001 mlflow \
     && mkdir /mlartifacts && chown mlflow /mlartifacts
 
+# The name resolves: useradd above made it, with the fixed uid 10001 (tests/test_compose.py
+# checks for this line).
+# hadolint ignore=DL3066
 USER mlflow
 EXPOSE 5000
 CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]

@@ -38,12 +38,15 @@ def _load(path: Path, schedules: ScheduleCheck = "trial") -> Params:
 
 @contextlib.contextmanager
 def _tracking_errors():
-    from pipeline.tracking import TrackingUnavailable
-
     try:
         yield
-    except TrackingUnavailable as error:
-        raise click.ClickException(str(error)) from None
+    except Exception as error:
+        # Imported only now: importing MLflow takes seconds that a stage may overlap with work.
+        from pipeline.tracking import TrackingUnavailable
+
+        if isinstance(error, TrackingUnavailable):
+            raise click.ClickException(str(error)) from None
+        raise
 
 
 def _console(wrap: bool = False) -> Console:

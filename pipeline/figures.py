@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -81,14 +82,36 @@ def losses(curves: Curves) -> Figure:
     return figure
 
 
+@dataclass(frozen=True)
+class Regions:
+    """Each model's predicted class over one grid of points covering every data set."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    classes: dict[str, np.ndarray]
+
+
+def decision_regions(
+    models: Mapping[str, LogicNet], sets: Mapping[str, tuple[Dataset, Dataset]]
+) -> Regions:
+    everything = np.vstack([d.features for pair in sets.values() for d in pair])
+    low, high = everything.min(axis=0) - 0.5, everything.max(axis=0) + 0.5
+    xs, ys = np.meshgrid(np.linspace(low[0], high[0], 200), np.linspace(low[1], high[1], 200))
+    points = torch.from_numpy(np.c_[xs.ravel(), ys.ravel()]).float()
+    with torch.no_grad():
+        classes = {
+            name: model.predict(points).numpy().reshape(xs.shape) for name, model in models.items()
+        }
+    return Regions(xs, ys, classes)
+
+
 def decision_boundaries(
-    models: Mapping[str, LogicNet],
-    sets: Mapping[str, tuple[Dataset, Dataset]],
-    metrics: Mapping,
+    regions: Regions, sets: Mapping[str, tuple[Dataset, Dataset]], metrics: Mapping
 ) -> Figure:
     """Small multiples: each trained model's decision regions over its (train, test) data."""
-    columns = min(4, len(models))
-    rows = math.ceil(len(models) / columns)
+    names = list(regions.classes)
+    columns = min(4, len(names))
+    rows = math.ceil(len(names) / columns)
     figure, grid = plt.subplots(
         rows,
         columns,
@@ -98,22 +121,19 @@ def decision_boundaries(
         sharey=True,
         layout="constrained",
     )
-    everything = np.vstack([d.features for pair in sets.values() for d in pair])
-    low, high = everything.min(axis=0) - 0.5, everything.max(axis=0) + 0.5
-    xs, ys = np.meshgrid(np.linspace(low[0], high[0], 200), np.linspace(low[1], high[1], 200))
-    points = torch.from_numpy(np.c_[xs.ravel(), ys.ravel()]).float()
-    for axes, (name, model) in zip(grid.flat, models.items(), strict=False):
+    for axes, name in zip(grid.flat, names, strict=False):
         train_set, test_set = sets[name]
-        with torch.no_grad():
-            regions = model.predict(points).numpy().reshape(xs.shape)
-        axes.contourf(xs, ys, regions, levels=[-0.5, 0.5, 1.5], colors=["#f4c7c3", "#c6dbef"])
+        axes.contourf(
+            regions.xs, regions.ys, regions.classes[name], levels=[-0.5, 0.5, 1.5],
+            colors=["#f4c7c3", "#c6dbef"],
+        )  # fmt: skip
         axes.scatter(*test_set.features.T, c=test_set.labels, cmap="coolwarm", s=6, alpha=0.25)
         axes.scatter(
             *train_set.features.T, c=train_set.labels, cmap="coolwarm", s=30, edgecolors="black"
         )
         accuracy = metrics[name]["test_accuracy"]
         axes.set_title(f"{name}\ntest accuracy {accuracy:.1%}", fontsize="medium")
-    for axes in grid.flat[len(models) :]:
+    for axes in grid.flat[len(names) :]:
         axes.set_visible(False)
     for axes in grid[-1]:
         axes.set_xlabel("x1")

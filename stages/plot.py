@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from mlflow.exceptions import MlflowException
+from matplotlib.figure import Figure
 
-from pipeline import curves, data, figures, files, tracking
+from pipeline import curves, data, figures, files
 from pipeline.model import load_model, seed_accuracies
 from pipeline.params import Params
 from pipeline.training import tensors
@@ -33,6 +37,7 @@ def run(
     figures_dir: Path,
 ) -> tuple[list[Path], str | None]:
     """Write the figures; return their paths and the MLflow run they were attached to."""
+    torch.set_num_threads(1)  # tiny models; and no thread pool that forked workers would inherit
     runs = params.runs
     names = [run.name for run in runs]
     tables = curves.read_all(curves_dir, names)
@@ -49,23 +54,39 @@ def run(
         run.name: seed_accuracies(weights[run.name], *tensors(sets[run.name][1], CPU))
         for run in runs
     }
-    rendered = {
-        "learning_rates.png": figures.learning_rates(tables),
-        "losses.png": figures.losses(tables),
-        "test_accuracy.png": figures.test_accuracy(accuracies),
-        "decision_boundaries.png": figures.decision_boundaries(models, sets, metrics),
-        "final_metrics.png": figures.final_metrics(metrics),
+    regions = figures.decision_regions(models, sets)
+    draw = {  # the slowest first, so that the last to finish is a quick one
+        "decision_boundaries.png": lambda: figures.decision_boundaries(regions, sets, metrics),
+        "learning_rates.png": lambda: figures.learning_rates(tables),
+        "losses.png": lambda: figures.losses(tables),
+        "final_metrics.png": lambda: figures.final_metrics(metrics),
+        "test_accuracy.png": lambda: figures.test_accuracy(accuracies),
     }
+
+    with _Renderer(draw) as renderer:
+        # While the figures render in other processes, import MLflow (seconds: hence here, not
+        # at the top) and find the train run to attach them to.
+        from mlflow.exceptions import MlflowException
+
+        from pipeline import tracking
+
+        uri = tracking.tracking_uri()
+        try:
+            run_id = tracking.find_train_run(
+                uri, params.mlflow.experiment, files.sha256_files([metrics_path])
+            )
+            lookup_error = None
+        except (MlflowException, OSError) as error:
+            run_id, lookup_error = None, error
+        pngs = renderer.results()
     with files.staged_directory(figures_dir) as staging:
         for name in FIGURES:
-            files.write_bytes(staging / name, figures.png_bytes(rendered[name]))
+            files.write_bytes(staging / name, pngs[name])
     paths = [Path(figures_dir) / name for name in FIGURES]
 
-    uri = tracking.tracking_uri()
     try:
-        run_id = tracking.find_train_run(
-            uri, params.mlflow.experiment, files.sha256_files([metrics_path])
-        )
+        if lookup_error is not None:
+            raise lookup_error
         if run_id is not None:
             tracking.attach_files(uri, run_id, paths, "figures")
     except (MlflowException, OSError) as error:
@@ -74,3 +95,42 @@ def run(
             f"{uri}: {tracking.first_line(error)}"
         ) from None
     return paths, run_id
+
+
+_DRAW: dict[str, Callable[[], Figure]] = {}
+
+
+def _png(name: str) -> bytes:
+    return figures.png_bytes(_DRAW[name]())
+
+
+class _Renderer:
+    """Renders figures to PNG bytes in forked worker processes, one figure per task.
+
+    Rendering is pure CPU in matplotlib; forked workers see the drawing closures without
+    pickling their data, and the parent is free meanwhile. Bytes are the same as in-process.
+    """
+
+    def __init__(self, draw: dict[str, Callable[[], Figure]]) -> None:
+        self.draw = draw
+        workers = min(len(draw), os.cpu_count() or 1)
+        self.pool = None
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            _DRAW.clear()
+            _DRAW.update(draw)
+            context = multiprocessing.get_context("fork")
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+            self.futures = {name: self.pool.submit(_png, name) for name in draw}
+
+    def results(self) -> dict[str, bytes]:
+        if self.pool is None:
+            return {name: figures.png_bytes(draw()) for name, draw in self.draw.items()}
+        return {name: future.result() for name, future in self.futures.items()}
+
+    def __enter__(self) -> _Renderer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            _DRAW.clear()

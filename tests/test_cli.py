@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.schedules import torch_types
 from tests.conftest import ROOT, tiny_document
+from tests.servers import stop
 
 
 @pytest.fixture
@@ -96,7 +97,10 @@ def test_ui_serves_the_embedded_store(tmp_path):
         port = probe.getsockname()[1]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     command = [sys.executable, "-m", "pipeline", "ui", "--port", str(port)]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Its own session: `mlflow ui` starts uvicorn and job consumers, all stopped as a group.
+    server = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline, status = time.monotonic() + 90, None
         while time.monotonic() < deadline and server.poll() is None:
@@ -108,5 +112,4 @@ def test_ui_serves_the_embedded_store(tmp_path):
                 time.sleep(0.5)
         assert status == 200, server.stdout.read().decode() if server.poll() is not None else ""
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
