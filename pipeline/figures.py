@@ -40,45 +40,111 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def learning_rates(curves: Curves) -> Figure:
-    """The tutorial's figure for every schedule at once, on a linear and on a log scale.
+# Panels of a grid: title -> {line label (the schedule): run name}. None: one panel, every run.
+Panels = Mapping[str, Mapping[str, str]] | None
 
-    The log panel shows multiplicative decays (StepLR, ExponentialLR, ...) as what they are and
-    keeps small rates visible beside a large peak. Per-layer groups are dashed.
+
+def _panels(curves: Curves, panels: Panels) -> dict[str, dict[str, str]]:
+    if panels is None:
+        return {"": {name: name for name in curves}}
+    return {title: dict(lines) for title, lines in panels.items()}
+
+
+def _palette(panels: dict[str, dict[str, str]]) -> dict[str, tuple]:
+    """One color per line label, the same in every panel."""
+    labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
+    return dict(zip(labels, _colors(len(labels)), strict=True))
+
+
+def _grid(count: int, width: float, height: float, **options):
+    columns = count if count <= 3 else (2 if count == 4 else 3)
+    rows = math.ceil(count / columns)
+    figure, grid = plt.subplots(
+        rows, columns, figsize=(width * columns + 2.5, height * rows + 0.8), squeeze=False,
+        sharex=True, sharey=True, layout="constrained", **options,
+    )  # fmt: skip
+    for axes in grid.flat[count:]:
+        axes.set_visible(False)
+    return figure, list(grid.flat[:count])
+
+
+def _rate_lines(axes, table, label: str, color) -> None:
+    groups = [key for key in table if key.startswith("lr/")]
+    lines = [(key, f"{label} ({key[3:]})") for key in groups] or [("lr", label)]
+    for style, (key, text) in zip(("-", "--", ":", "-."), lines, strict=False):
+        axes.plot(table["step"], table[key], style, color=color, label=text)
+
+
+def learning_rates(curves: Curves, panels: Panels = None) -> Figure:
+    """The tutorial's figure for every schedule at once.
+
+    One panel: a linear and a log scale; the log scale shows multiplicative decays (StepLR,
+    ExponentialLR, ...) as what they are and keeps small rates visible beside a large peak.
+    A grid over ``train.lr``: one log-scale panel per starting rate. Per-layer groups are dashed.
     """
-    figure, (linear, log) = plt.subplots(
-        2, 1, figsize=(11, 8), sharex=True, layout="constrained", height_ratios=(3, 2)
-    )
-    for color, (name, table) in zip(_colors(len(curves)), curves.items(), strict=True):
-        groups = [key for key in table if key.startswith("lr/")]
-        lines = [(key, f"{name} ({key[3:]})") for key in groups] or [("lr", name)]
-        for style, (key, label) in zip(("-", "--", ":", "-."), lines, strict=False):
+    chosen = _panels(curves, panels)
+    colors = _palette(chosen)
+    if len(chosen) == 1:
+        (lines,) = chosen.values()
+        figure, (linear, log) = plt.subplots(
+            2, 1, figsize=(11, 8), sharex=True, layout="constrained", height_ratios=(3, 2)
+        )
+        for label, name in lines.items():
             for axes in (linear, log):
-                axes.plot(table["step"], table[key], style, color=color, label=label)
-    linear.set(title="Learning rate used by each update", ylabel="learning rate")
-    log.set(xlabel="step (update)", ylabel="learning rate (log scale)", yscale="log")
-    for axes in (linear, log):
+                _rate_lines(axes, curves[name], label, colors[label])
+        linear.set(title="Learning rate used by each update", ylabel="learning rate")
+        log.set(xlabel="step (update)", ylabel="learning rate (log scale)", yscale="log")
+        for axes in (linear, log):
+            axes.grid(alpha=0.3, which="both")
+        linear.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+        return figure
+    figure, panes = _grid(len(chosen), 4.2, 3.4)
+    for axes, (title, lines) in zip(panes, chosen.items(), strict=True):
+        for label, name in lines.items():
+            _rate_lines(axes, curves[name], label, colors[label])
+        axes.set(title=title, yscale="log", xlabel="step (update)")
         axes.grid(alpha=0.3, which="both")
-    linear.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    panes[0].set_ylabel("learning rate (log scale)")
+    figure.suptitle("Learning rate used by each update")
+    figure.legend(*panes[0].get_legend_handles_labels(), loc="outside right upper",
+                  fontsize="small")  # fmt: skip
     return figure
 
 
-def losses(curves: Curves) -> Figure:
-    figure, axes = plt.subplots(figsize=(11, 6), layout="constrained")
+def losses(curves: Curves, panels: Panels = None) -> Figure:
+    """Training loss on the whole train set, one line per schedule (a panel per grid point)."""
+    chosen = _panels(curves, panels)
+    colors = _palette(chosen)
     several = any("loss_low" in table for table in curves.values())
-    for color, (name, table) in zip(_colors(len(curves)), curves.items(), strict=True):
-        axes.plot(table["step"], table["loss"], color=color, label=name, linewidth=1.2)
-        if "loss_low" in table:  # several seeds: the 95% interval of the mean
-            low = np.maximum(table["loss_low"], np.finfo(float).tiny)  # a log axis needs > 0
-            axes.fill_between(table["step"], low, table["loss_high"], color=color, alpha=0.18)
-    axes.set_yscale("log")
-    axes.set(
-        title="Training loss (full batch)" + (": mean over seeds, 95% band" if several else ""),
-        xlabel="step (update)",
-        ylabel="cross-entropy loss (log scale)",
+    means = np.concatenate([curves[n]["loss"] for lines in chosen.values() for n in lines.values()])
+    if len(chosen) == 1:
+        figure, axes = plt.subplots(figsize=(11, 6), layout="constrained")
+        panes = [axes]
+    else:
+        figure, panes = _grid(len(chosen), 4.2, 3.4)
+    for axes, (title, lines) in zip(panes, chosen.items(), strict=True):
+        for label, name in lines.items():
+            table, color = curves[name], colors[label]
+            axes.plot(table["step"], table["loss"], color=color, label=label, linewidth=1.2)
+            if "loss_low" in table:  # several seeds: the 95% interval of the mean
+                low = np.maximum(table["loss_low"], np.finfo(float).tiny)  # log axes need > 0
+                axes.fill_between(table["step"], low, table["loss_high"], color=color, alpha=0.18)
+        axes.set(yscale="log", xlabel="step (update)", title=title)
+        # Scaled to the means: a few seeds' interval can reach below zero, which a log axis
+        # would otherwise stretch to 1e-300. Bands leave the frame where they are that wide.
+        axes.set_ylim(means[means > 0].min() / 3, means.max() * 3)
+        axes.grid(alpha=0.3, which="both")
+    heading = "Training loss on the whole train set" + (
+        ": mean over seeds, 95% band" if several else ""
     )
-    axes.grid(alpha=0.3, which="both")
-    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    panes[0].set_ylabel("cross-entropy loss (log scale)")
+    if len(panes) == 1:
+        panes[0].set_title(heading)
+        panes[0].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    else:
+        figure.suptitle(heading)
+        figure.legend(*panes[0].get_legend_handles_labels(), loc="outside right upper",
+                      fontsize="small")  # fmt: skip
     return figure
 
 

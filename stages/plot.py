@@ -55,10 +55,21 @@ def run(
         for run in runs
     }
     regions = figures.decision_regions(models, sets)
+    # A grid: a loss panel per grid point, a rate panel per starting rate (rates do not depend
+    # on the data, but for ReduceLROnPlateau's: those of the first noise level are drawn).
+    loss_panels = rate_panels = None
+    if len(params.variants) > 1:
+        loss_panels, rate_panels = {}, {}
+        first_noise = params.variants[0].noise
+        for run in runs:
+            title = run.variant.label.lstrip("@").replace(",", ", ")
+            loss_panels.setdefault(title, {})[run.spec.name] = run.name
+            if run.variant.noise == first_noise:
+                rate_panels.setdefault(f"lr={run.variant.lr:g}", {})[run.spec.name] = run.name
     draw = {  # the slowest first, so that the last to finish is a quick one
         "decision_boundaries.png": lambda: figures.decision_boundaries(regions, sets, metrics),
-        "learning_rates.png": lambda: figures.learning_rates(tables),
-        "losses.png": lambda: figures.losses(tables),
+        "learning_rates.png": lambda: figures.learning_rates(tables, rate_panels),
+        "losses.png": lambda: figures.losses(tables, loss_panels),
         "final_metrics.png": lambda: figures.final_metrics(metrics),
         "test_accuracy.png": lambda: figures.test_accuracy(accuracies),
     }
