@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.datasets import make_moons
 
 from pipeline import files
 
@@ -26,6 +25,9 @@ class Dataset:
 
 
 def generate(n_samples: int, noise: float, seed: int) -> Dataset:
+    # Imported here: scikit-learn takes 2 s to import, and train and plot only read CSVs.
+    from sklearn.datasets import make_moons
+
     features, labels = make_moons(n_samples, noise=noise, random_state=seed)
     return Dataset(features.astype(np.float64), labels.astype(np.int64))
 

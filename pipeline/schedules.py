@@ -336,8 +336,13 @@ def trace(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rates and momenta (Adam's beta1, or SGD's momentum) of each update, per group.
 
-    OneCycleLR and CyclicLR cycle the momentum too, so a faithful replay needs both.
+    OneCycleLR and CyclicLR cycle the momentum too, so a faithful replay needs both. A trace is
+    kept for the process: validation traces every schedule, and training reads the same again.
     """
+    key = (id(spec), epochs, lr, optimizer, momentum, hidden_dim)
+    kept = _TRACES.get(key)
+    if kept is not None and kept[0] is spec:  # the very spec: an id is reused only once freed
+        return kept[1].copy(), kept[2].copy()
     model = LogicNet(hiddendim=hidden_dim)
     opt = make_optimizer(param_groups(model, spec.per_layer), optimizer, lr, momentum)
     schedule = Schedule(spec, opt, epochs)
@@ -348,4 +353,8 @@ def trace(
         momenta[index] = schedule.momenta()
         opt.step()  # no gradients: the weights stay put, but schedulers see a real step
         schedule.step(index, loss=1.0, accuracy=0.5)
+    _TRACES[key] = (spec, rates.copy(), momenta.copy())
     return rates, momenta
+
+
+_TRACES: dict[tuple, tuple[ScheduleSpec, np.ndarray, np.ndarray]] = {}
