@@ -209,15 +209,22 @@ def decision_boundaries(
     return figure
 
 
-def test_accuracy(per_seed: Mapping[str, np.ndarray]) -> Figure:
-    """Final test accuracy per run: each seed a dot, the mean with its 95% interval a bar."""
+def test_accuracy(
+    per_seed: Mapping[str, np.ndarray], schedules: Mapping[str, str] | None = None
+) -> Figure:
+    """Final test accuracy per run: each seed a dot, the mean with its 95% interval a bar.
+
+    ``schedules`` maps a run to its schedule, so that a schedule has one color across a grid.
+    """
     from pipeline.stats import mean_interval
 
     names = list(per_seed)
+    schedules = schedules or {name: name for name in names}
+    palette = _palette({"": {schedules[name]: name for name in names}})
     figure, axes = plt.subplots(figsize=(9, 0.42 * len(names) + 1.6), layout="constrained")
     jitter = np.random.default_rng(0)  # fixed: the same inputs give the same picture
-    for position, (color, name) in enumerate(zip(_colors(len(names)), names, strict=True)):
-        values = per_seed[name]
+    for position, name in enumerate(names):
+        values, color = per_seed[name], palette[schedules[name]]
         offsets = jitter.uniform(-0.18, 0.18, len(values)) if len(values) > 1 else [0.0]
         axes.scatter(values, position + np.asarray(offsets), s=10, color=color, alpha=0.35)
         mean, half = mean_interval(values)
@@ -231,8 +238,10 @@ def test_accuracy(per_seed: Mapping[str, np.ndarray]) -> Figure:
     axes.invert_yaxis()
     axes.set(
         xlabel="test accuracy",
-        title="Final test accuracy: dots are seeds"
-        + (f"; diamonds the mean of {seeds} with its 95% interval" if seeds > 1 else ""),
+        title=f"Final test accuracy: dots are seeds, diamonds the mean of {seeds} with its 95% "
+        "interval"
+        if seeds > 1
+        else "Final test accuracy (one seed: no interval)",
     )
     axes.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     axes.grid(alpha=0.3, axis="x")

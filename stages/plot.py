@@ -71,7 +71,9 @@ def run(
         "learning_rates.png": lambda: figures.learning_rates(tables, rate_panels),
         "losses.png": lambda: figures.losses(tables, loss_panels),
         "final_metrics.png": lambda: figures.final_metrics(metrics),
-        "test_accuracy.png": lambda: figures.test_accuracy(accuracies),
+        "test_accuracy.png": lambda: figures.test_accuracy(
+            accuracies, {run.name: run.spec.name for run in runs}
+        ),
     }
 
     with _Renderer(draw) as renderer:
