@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,6 +213,42 @@ def docker(env: dict[str, str], *args: str) -> str:
     ).stdout.strip()
 
 
+def check_ui(line: str, as_user: list[str], checkout: Path, env: dict[str, str]) -> list[str]:
+    """Run the README's UI line in the background; the UI must list the checkout's experiment."""
+    port = int(re.search(r"-p 127\.0\.0\.1:(\d+):", line)[1])
+    base = f"http://127.0.0.1:{port}"
+    problems = []
+    command = [*as_user, "bash", "-c", f"exec {line}"]
+    with background(command, checkout.parent / "ui.log", cwd=checkout, env=env):
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{base}/health", timeout=5) as reply:
+                        if reply.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    return [f"the MLflow UI did not answer on {base}/health within 120 s"]
+                time.sleep(1)
+            request = urllib.request.Request(
+                f"{base}/ajax-api/2.0/mlflow/experiments/search",
+                data=b'{"max_results": 100}',
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                names = [e["name"] for e in json.load(reply).get("experiments", [])]
+            log(f"MLflow UI from the container, {base}: experiments {names}")
+            if "lr-schedulers" not in names:
+                problems.append(f"the containerised UI lists {names}, not lr-schedulers")
+        finally:
+            # This podman serves only this test: every running container is the UI's.
+            for container in docker(env, "ps", "-q").split():
+                docker(env, "stop", "--time", "3", container)
+    return problems
+
+
 def lock_outs(checkout: Path) -> dict[str, str]:
     """Every output's md5 in a checkout's dvc.lock: ``stage:path`` -> hash."""
     lock = yaml.safe_load((checkout / "dvc.lock").read_text())
@@ -334,20 +371,15 @@ def main() -> int:
         in_container = folder / "container-run"
         run(["git", "clone", "--quiet", str(ROOT), str(in_container)])
         run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(in_container)])
+        as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        user_env = {**client_env, "HOME": str(folder / "docker-config")}
         with timed("docker run: dvc repro"):
-            run(
-                [
-                    "setpriv",
-                    f"--reuid={NOBODY}",
-                    f"--regid={NOBODY}",
-                    "--clear-groups",
-                    "bash",
-                    "-c",
-                    run_line[0],
-                ],
-                cwd=in_container,
-                env={**client_env, "HOME": str(folder / "docker-config")},
-            )
+            run([*as_nobody, "bash", "-c", run_line[0]], cwd=in_container, env=user_env)
+
+        # The README's UI line, on the checkout the container just reproduced.
+        with timed("docker run: lrsched ui"):
+            ui_line = readme_block("ui-cpu")[0]
+            problems += check_ui(ui_line, as_nobody, in_container, user_env)
 
     # The same commit on the host, with the host's venv.
     on_host = folder / "host-run"
