@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import matplotlib
@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from pipeline.data import Dataset
@@ -209,12 +210,15 @@ def decision_boundaries(
     return figure
 
 
-def test_accuracy(
-    per_seed: Mapping[str, np.ndarray], schedules: Mapping[str, str] | None = None
-) -> Figure:
-    """Final test accuracy per run: each seed a dot, the mean with its 95% interval a bar.
+def _seed_points(
+    per_seed: Mapping[str, np.ndarray],
+    schedules: Mapping[str, str] | None,
+    label: Callable[[float, float | None], str],
+) -> tuple[Figure, Axes]:
+    """One row per run: each seed a dot, the mean with its 95% interval a black diamond.
 
     ``schedules`` maps a run to its schedule, so that a schedule has one color across a grid.
+    NaN values (a seed that never got there) are left out of the mean and counted instead.
     """
     from pipeline.stats import mean_interval
 
@@ -224,27 +228,71 @@ def test_accuracy(
     figure, axes = plt.subplots(figsize=(9, 0.42 * len(names) + 1.6), layout="constrained")
     jitter = np.random.default_rng(0)  # fixed: the same inputs give the same picture
     for position, name in enumerate(names):
-        values, color = per_seed[name], palette[schedules[name]]
-        offsets = jitter.uniform(-0.18, 0.18, len(values)) if len(values) > 1 else [0.0]
-        axes.scatter(values, position + np.asarray(offsets), s=10, color=color, alpha=0.35)
-        mean, half = mean_interval(values)
-        whisker = None if np.isnan(half) else half
+        values, color = np.asarray(per_seed[name], dtype=float), palette[schedules[name]]
+        offsets = jitter.uniform(-0.18, 0.18, len(values)) if len(values) > 1 else np.zeros(1)
+        axes.scatter(values, position + offsets, s=10, color=color, alpha=0.35)
+        reached = values[~np.isnan(values)]
+        if not len(reached):
+            axes.annotate("never", (0, position), xycoords=("axes fraction", "data"),
+                          xytext=(4, 0), textcoords="offset points", va="center",
+                          fontsize="x-small")  # fmt: skip
+            continue
+        mean, half = mean_interval(reached)
+        whisker = None if np.isnan(half) else float(half)
         axes.errorbar(mean, position, xerr=whisker, fmt="D", color="black", ms=5, capsize=4)
-        label = f"{mean:.1%}" + ("" if whisker is None else f" ± {half:.1%}")
-        axes.annotate(label, (mean, position), xytext=(0, 9), textcoords="offset points",
+        text = label(float(mean), whisker)
+        if len(reached) < len(values):
+            text += f" ({len(values) - len(reached)} never)"
+        axes.annotate(text, (mean, position), xytext=(0, 9), textcoords="offset points",
                       ha="center", fontsize="x-small")  # fmt: skip
-    seeds = len(next(iter(per_seed.values())))
     axes.set_yticks(range(len(names)), names)
     axes.invert_yaxis()
-    axes.set(
-        xlabel="test accuracy",
-        title=f"Final test accuracy: dots are seeds, diamonds the mean of {seeds} with its 95% "
-        "interval"
-        if seeds > 1
-        else "Final test accuracy (one seed: no interval)",
-    )
-    axes.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     axes.grid(alpha=0.3, axis="x")
+    return figure, axes
+
+
+def _title(what: str, seeds: int) -> str:
+    if seeds == 1:
+        return f"{what} (one seed: no interval)"
+    return f"{what}: dots are seeds, diamonds the mean of {seeds} with its 95% interval"
+
+
+def test_accuracy(
+    per_seed: Mapping[str, np.ndarray], schedules: Mapping[str, str] | None = None
+) -> Figure:
+    """Final test accuracy per run, seed by seed, with the mean and its 95% interval."""
+    figure, axes = _seed_points(
+        per_seed,
+        schedules,
+        lambda mean, half: f"{mean:.1%}" + ("" if half is None else f" ± {half:.1%}"),
+    )
+    seeds = len(next(iter(per_seed.values())))
+    axes.set(xlabel="test accuracy", title=_title("Final test accuracy", seeds))
+    axes.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    return figure
+
+
+def steps_to_target(
+    per_seed: Mapping[str, np.ndarray],
+    target: float,
+    epochs: int,
+    schedules: Mapping[str, str] | None = None,
+) -> Figure:
+    """Updates until the training loss first reaches ``target``, per run and seed (NaN: never).
+
+    The axis ends at ``epochs``: an interval of few seeds can reach past it, and is cut there.
+    """
+    figure, axes = _seed_points(
+        per_seed,
+        schedules,
+        lambda mean, half: f"{mean:.0f}" + ("" if half is None else f" ± {half:.0f}"),
+    )
+    seeds = len(next(iter(per_seed.values())))
+    axes.set(
+        xlabel=f"updates until the training loss is at most {target:g}",
+        title=_title(f"Steps to loss {target:g}", seeds),
+    )
+    axes.set_xlim(0, epochs)
     return figure
 
 

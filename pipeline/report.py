@@ -22,7 +22,13 @@ from pipeline.params import Params
 from pipeline.stats import steps_to
 
 SUPPORTS, CONTRADICTS, INCONCLUSIVE = "supports", "contradicts", "inconclusive"
-FIGURES = ("losses.png", "learning_rates.png", "test_accuracy.png", "final_metrics.png")
+FIGURES = (
+    "losses.png",
+    "learning_rates.png",
+    "test_accuracy.png",
+    "steps_to_target.png",
+    "final_metrics.png",
+)
 
 
 @dataclass(frozen=True)

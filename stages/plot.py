@@ -9,12 +9,14 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 from pipeline import curves, data, figures, files
 from pipeline.model import load_model, seed_accuracies
 from pipeline.params import Params
+from pipeline.stats import steps_to
 from pipeline.training import tensors
 
 CPU = torch.device("cpu")
@@ -22,6 +24,7 @@ FIGURES = (
     "learning_rates.png",
     "losses.png",
     "test_accuracy.png",
+    "steps_to_target.png",
     "decision_boundaries.png",
     "final_metrics.png",
 )
@@ -54,6 +57,8 @@ def run(
         run.name: seed_accuracies(weights[run.name], *tensors(sets[run.name][1], CPU))
         for run in runs
     }
+    target = params.analysis.target_loss
+    steps = {run.name: steps_to(_seed_losses(curves_dir, run.name, tables), target) for run in runs}
     regions = figures.decision_regions(models, sets)
     # A grid: a loss panel per grid point, a rate panel per starting rate (rates do not depend
     # on the data, but for ReduceLROnPlateau's: those of the first noise level are drawn).
@@ -66,13 +71,15 @@ def run(
             loss_panels.setdefault(title, {})[run.spec.name] = run.name
             if run.variant.noise == first_noise:
                 rate_panels.setdefault(f"lr={run.variant.lr:g}", {})[run.spec.name] = run.name
+    schedule_of = {run.name: run.spec.name for run in runs}
     draw = {  # the slowest first, so that the last to finish is a quick one
         "decision_boundaries.png": lambda: figures.decision_boundaries(regions, sets, metrics),
         "learning_rates.png": lambda: figures.learning_rates(tables, rate_panels),
         "losses.png": lambda: figures.losses(tables, loss_panels),
         "final_metrics.png": lambda: figures.final_metrics(metrics),
-        "test_accuracy.png": lambda: figures.test_accuracy(
-            accuracies, {run.name: run.spec.name for run in runs}
+        "test_accuracy.png": lambda: figures.test_accuracy(accuracies, schedule_of),
+        "steps_to_target.png": lambda: figures.steps_to_target(
+            steps, target, params.train.epochs, schedule_of
         ),
     }
 
@@ -108,6 +115,14 @@ def run(
             f"{uri}: {tracking.first_line(error)}"
         ) from None
     return paths, run_id
+
+
+def _seed_losses(curves_dir: Path, name: str, tables: dict) -> np.ndarray:
+    """Every seed's per-step loss, (seeds, steps): the .seeds.npy table, or the one seed's CSV."""
+    per_seed = Path(curves_dir) / f"{name}.seeds.npy"
+    if per_seed.is_file():
+        return np.load(per_seed, allow_pickle=False)[:, :, 0]
+    return tables[name]["loss"][None, :]
 
 
 _DRAW: dict[str, Callable[[], Figure]] = {}

@@ -27,6 +27,7 @@ OUTPUTS = [
     "figures/learning_rates.png",
     "figures/losses.png",
     "figures/test_accuracy.png",
+    "figures/steps_to_target.png",
     "figures/decision_boundaries.png",
     "figures/final_metrics.png",
 ]
