@@ -82,7 +82,6 @@ class _Rates:
         self.table = np.empty((len(arms), train.epochs, 2))
         self.momenta = np.empty((len(arms), train.epochs, 2))
         self.plateaus: list[tuple[int, Schedule]] = []
-        cache: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
         for index, arm in enumerate(arms):
             if arm.spec.monitor is not None:
                 # A real optimizer, never stepped on real weights: only its rates are read.
@@ -91,10 +90,8 @@ class _Rates:
                 optimizer = make_optimizer(groups, train.optimizer, arm.lr, train.momentum)
                 self.plateaus.append((index, Schedule(arm.spec, optimizer, train.epochs)))
                 continue
-            key = (arm.spec.name, arm.lr)
-            if key not in cache:
-                cache[key] = trace(arm.spec, train.epochs, arm.lr, train.optimizer, train.momentum)
-            rates, momenta = cache[key]
+            # trace() keeps each schedule's trace: the seeds of one schedule share it.
+            rates, momenta = trace(arm.spec, train.epochs, arm.lr, train.optimizer, train.momentum)
             self.table[index] = np.repeat(rates, 2 // rates.shape[1], axis=1)
             self.momenta[index] = np.repeat(momenta, 2 // momenta.shape[1], axis=1)
 
@@ -177,7 +174,7 @@ class _MiniBatches:
         for row, sampler in zip(self.rows, self.samplers, strict=True):
             self.sizes[row] = sampler.sizes
         self.index = torch.tensor(self.rows, dtype=torch.long, device=device)
-        self.samples, self.device = samples, device
+        self.device = device
 
     def objective(
         self, step: int, per_sample: torch.Tensor, full_batch: torch.Tensor

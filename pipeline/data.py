@@ -32,22 +32,12 @@ def generate(n_samples: int, noise: float, seed: int) -> Dataset:
     return Dataset(features.astype(np.float64), labels.astype(np.int64))
 
 
-def to_csv(dataset: Dataset) -> str:
-    # repr() gives the shortest text that reads back to the same float: exact and byte-stable.
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(HEADER)
-    for (x1, x2), label in zip(dataset.features.tolist(), dataset.labels.tolist(), strict=True):
-        writer.writerow((repr(x1), repr(x2), label))
-    return buffer.getvalue()
-
-
-def write(dataset: Dataset, path: str | Path) -> None:
-    files.write_text(path, to_csv(dataset))
-
-
 def write_sets(datasets: dict[tuple[int, float], Dataset], path: str | Path) -> None:
-    """Train sets of several (seed, noise) pairs in one CSV, ``seed,noise,x1,x2,label``."""
+    """Data sets of several (seed, noise) pairs in one CSV, ``seed,noise,x1,x2,label``.
+
+    Floats are written with repr(): the shortest text that reads back to the same float, so the
+    files are exact and byte-stable.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(SET_KEYS + HEADER)
@@ -76,12 +66,6 @@ def read_sets(path: str | Path) -> dict[tuple[int, float], Dataset]:
     }
 
 
-def read(path: str | Path) -> Dataset:
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or tuple(rows[0]) != HEADER:
-        raise ValueError(f"{path}: expected a CSV with header {','.join(HEADER)}")
-    body = rows[1:]
-    features = np.array([[float(r[0]), float(r[1])] for r in body], dtype=np.float64)
-    labels = np.array([int(r[2]) for r in body], dtype=np.int64)
-    return Dataset(features.reshape(-1, 2), labels)
+def read_test_sets(path: str | Path) -> dict[float, Dataset]:
+    """The test sets :func:`write_sets` wrote (one seed), keyed by their noise level."""
+    return {noise: dataset for (_, noise), dataset in read_sets(path).items()}

@@ -73,9 +73,9 @@ class TestSetParams(_Frozen):
 class DataParams(_Frozen):
     n_samples: Annotated[StrictInt, Field(ge=2, le=1_000_000)] = 20
     noise: Noise | tuple[Noise, ...] = 0.2  # a list is a grid: every run at every noise
+    test: TestSetParams = TestSetParams()
 
     _axis = field_validator("noise", mode="before")(_grid_axis)
-    test: TestSetParams = TestSetParams()
 
 
 class ModelParams(_Frozen):

@@ -47,7 +47,7 @@ def run(
     metrics = json.loads(Path(metrics_path).read_text())
     weights = {name: str(Path(models_dir) / f"{name}.pt") for name in names}
     train_sets = data.read_sets(train_path)
-    test_sets = {noise: dataset for (_, noise), dataset in data.read_sets(test_path).items()}
+    test_sets = data.read_test_sets(test_path)
     # Decision boundaries show the first seed's model over the first seed's train set.
     first = params.seeds[0]
     sets = {run.name: (train_sets[first, run.variant.noise], test_sets[run.variant.noise])

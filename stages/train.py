@@ -48,7 +48,7 @@ def run(
     make_deterministic()
     device = select_device(params.train.device)
     train_sets = data.read_sets(train_path)
-    test_sets = {noise: dataset for (_, noise), dataset in data.read_sets(test_path).items()}
+    test_sets = data.read_test_sets(test_path)
     arms = [
         Arm(run.spec, seed, run.variant.lr, run.variant.noise)
         for run in params.runs
