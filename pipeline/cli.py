@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.params import Params, ParamsError, ScheduleCheck, load_params
+from pipeline.tracking import TrackingUnavailable
 
 PATH = click.Path(path_type=Path)
 EXISTING = click.Path(path_type=Path, exists=True)
@@ -40,13 +41,8 @@ def _load(path: Path, schedules: ScheduleCheck = "trial") -> Params:
 def _tracking_errors():
     try:
         yield
-    except Exception as error:
-        # Imported only now: importing MLflow takes seconds that a stage may overlap with work.
-        from pipeline.tracking import TrackingUnavailable
-
-        if isinstance(error, TrackingUnavailable):
-            raise click.ClickException(str(error)) from None
-        raise
+    except TrackingUnavailable as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _console(wrap: bool = False) -> Console:
@@ -126,57 +122,64 @@ def train(
     """Stage train: train LogicNet under every schedule; record each run to MLflow."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from stages import train as stage
+    from pipeline.background import Background
 
-    params = _load(params_path)
-    width = max(len(run.name) for run in params.runs)
-    points = len(params.variants)
-    grid = f" x {points} grid points" if points > 1 else ""
-    runs = len(params.runs) * params.train.seeds
-    click.echo(
-        f"training {len(params.schedules)} schedules{grid} x {params.train.seeds} seed(s) = "
-        f"{runs} runs x {params.train.epochs} steps, as one batch"
-    )
-    progress = Progress(
-        TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-        TimeRemainingColumn(), console=Console(stderr=True), transient=True,
-    )  # fmt: skip
-    with _tracking_errors(), progress:
-        task = progress.add_task("train", total=params.train.epochs)
-        summary = stage.run(
-            params,
-            train_path,
-            test_path,
-            curves_dir,
-            models_dir,
-            metrics_path,
-            steps_path,
-            ranking_path,
-            report_path,
-            on_step=lambda step: progress.update(task, completed=step + 1),
-            figures_dir=figures_link,
-        )
-    for result in summary.results:
-        final = result.final
-        spread = f" +/- {final['test_accuracy_ci95']:.1%}" if "test_accuracy_ci95" in final else ""
+    # First thing: MLflow imports in another process while this one imports torch and trains.
+    with Background() as mlflow:
+        from stages import train as stage
+
+        params = _load(params_path)
+        width = max(len(run.name) for run in params.runs)
+        points = len(params.variants)
+        grid = f" x {points} grid points" if points > 1 else ""
+        runs = len(params.runs) * params.train.seeds
         click.echo(
-            f"  {result.name:<{width}}  final loss {final['final_loss']:.4f}  "
-            f"train acc {final['train_accuracy']:.1%}  test acc {final['test_accuracy']:.1%}"
-            f"{spread}"
+            f"training {len(params.schedules)} schedules{grid} x {params.train.seeds} seed(s) = "
+            f"{runs} runs x {params.train.epochs} steps, as one batch"
         )
-    if summary.reaped:
+        progress = Progress(
+            TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+            TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+        )  # fmt: skip
+        with _tracking_errors(), progress:
+            task = progress.add_task("train", total=params.train.epochs)
+            summary = stage.run(
+                params,
+                train_path,
+                test_path,
+                curves_dir,
+                models_dir,
+                metrics_path,
+                steps_path,
+                ranking_path,
+                report_path,
+                on_step=lambda step: progress.update(task, completed=step + 1),
+                figures_dir=figures_link,
+                mlflow=mlflow,
+            )
+        for result in summary.results:
+            final = result.final
+            spread = (
+                f" +/- {final['test_accuracy_ci95']:.1%}" if "test_accuracy_ci95" in final else ""
+            )
+            click.echo(
+                f"  {result.name:<{width}}  final loss {final['final_loss']:.4f}  "
+                f"train acc {final['train_accuracy']:.1%}  test acc {final['test_accuracy']:.1%}"
+                f"{spread}"
+            )
+        if summary.reaped:
+            click.echo(
+                f"marked FAILED {len(summary.reaped)} run(s) that a killed train left RUNNING: "
+                + ", ".join(summary.reaped)
+            )
+        timing = (
+            f"training {summary.training_seconds:.1f} s, "
+            f"files and MLflow {summary.logging_seconds:.1f} s"
+        )
         click.echo(
-            f"marked FAILED {len(summary.reaped)} run(s) that a killed train left RUNNING: "
-            + ", ".join(summary.reaped)
+            f"done in {summary.seconds:.1f} s on {summary.device} ({timing}); "
+            f"MLflow parent run {summary.parent_run_id} in {summary.tracking_uri}"
         )
-    timing = (
-        f"training {summary.training_seconds:.1f} s, "
-        f"files and MLflow {summary.logging_seconds:.1f} s"
-    )
-    click.echo(
-        f"done in {summary.seconds:.1f} s on {summary.device} ({timing}); "
-        f"MLflow parent run {summary.parent_run_id} in {summary.tracking_uri}"
-    )
 
 
 @cli.command()
@@ -197,13 +200,18 @@ def plot(
     figures_dir: Path,
 ) -> None:
     """Stage plot: render the comparison figures and attach them to the train run."""
-    from stages import plot as stage
+    from pipeline.background import Background
 
-    params = _load(params_path, schedules="parse")
-    with _tracking_errors():
-        paths, run_id = stage.run(
-            params, train_path, test_path, curves_dir, models_dir, metrics_path, figures_dir
-        )
+    # First thing: MLflow imports in another process while this one imports torch and draws.
+    with Background() as mlflow:
+        from stages import plot as stage
+
+        params = _load(params_path, schedules="parse")
+        with _tracking_errors():
+            paths, run_id = stage.run(
+                params, train_path, test_path, curves_dir, models_dir, metrics_path, figures_dir,
+                mlflow,
+            )  # fmt: skip
     for path in paths:
         click.echo(f"wrote {path}")
     if run_id:

@@ -15,11 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from pipeline.batched import ScheduleResult
 from pipeline.params import Params
-from pipeline.stats import steps_to
+from pipeline.stats import steps_to, wilcoxon_p
 
 SUPPORTS, CONTRADICTS, INCONCLUSIVE = "supports", "contradicts", "inconclusive"
 FIGURES = (
@@ -65,9 +64,7 @@ def compare(
     """Is ``values(better)`` lower than ``values(worse)``, seed by seed?"""
     ours, theirs = values(better), values(worse)
     differences = ours - theirs
-    p_value = None
-    if len(differences) > 1:
-        p_value = 1.0 if not differences.any() else float(scipy_stats.wilcoxon(differences).pvalue)
+    p_value = wilcoxon_p(differences) if len(differences) > 1 else None
     if p_value is None or p_value >= alpha:
         outcome = INCONCLUSIVE if p_value is not None else _direction(differences)
     else:

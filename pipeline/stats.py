@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy.special import stdtrit  # Student t quantiles; scipy.stats.t.ppf calls it too
 
 CONFIDENCE = 0.95
 
@@ -18,7 +18,7 @@ def mean_interval(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.nda
     if count < 2:
         return mean, np.full_like(mean, np.nan)
     spread = values.std(axis=axis, ddof=1) / np.sqrt(count)
-    return mean, stats.t.ppf((1 + CONFIDENCE) / 2, count - 1) * spread
+    return mean, stdtrit(count - 1, (1 + CONFIDENCE) / 2) * spread
 
 
 def steps_to(losses: np.ndarray, target: float) -> np.ndarray:
@@ -27,6 +27,16 @@ def steps_to(losses: np.ndarray, target: float) -> np.ndarray:
     first = reached.argmax(axis=-1).astype(np.float64)
     first[~reached.any(axis=-1)] = np.nan
     return first
+
+
+def wilcoxon_p(differences: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p of paired differences; 1 when they are all zero."""
+    if not np.asarray(differences).any():
+        return 1.0
+    # Imported here: scipy.stats takes a second to import, and one seed has nothing to test.
+    from scipy import stats
+
+    return float(stats.wilcoxon(differences).pvalue)
 
 
 @dataclass(frozen=True)
@@ -62,12 +72,8 @@ def rank(
     raw_p: dict[str, float] = {}
     for name in names[1:]:
         differences = final_losses[name] - final_losses[best]
-        if len(differences) < 2:
-            continue
-        if not differences.any():
-            raw_p[name] = 1.0
-        else:
-            raw_p[name] = float(stats.wilcoxon(differences).pvalue)
+        if len(differences) >= 2:
+            raw_p[name] = wilcoxon_p(differences)
     adjusted = _holm(raw_p)
     rows = []
     for position, name in enumerate(names, start=1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from pipeline import curves, data, figures, files
+from pipeline import curves, data, figures, files, tracking
+from pipeline.background import Background, RecordError
 from pipeline.model import load_model, seed_accuracies
 from pipeline.params import Params
 from pipeline.stats import steps_to
@@ -38,9 +40,37 @@ def run(
     models_dir: Path,
     metrics_path: Path,
     figures_dir: Path,
+    mlflow: Background | None = None,
 ) -> tuple[list[Path], str | None]:
-    """Write the figures; return their paths and the MLflow run they were attached to."""
-    torch.set_num_threads(1)  # tiny models; and no thread pool that forked workers would inherit
+    """Write the figures; return their paths and the MLflow run they were attached to.
+
+    ``mlflow``: a ``Background`` started before torch and matplotlib were imported (the CLI
+    does); by default one is started here.
+    """
+    uri = tracking.tracking_uri()
+    with contextlib.ExitStack() as stack:
+        records = mlflow or stack.enter_context(Background())
+        # Looked up while the figures are drawn: the train run to attach them to.
+        digest = files.sha256_files([metrics_path])
+        records.call("find_train_run", uri, params.mlflow.experiment, digest)
+        pngs = _render(params, train_path, test_path, curves_dir, models_dir, metrics_path)
+        with files.staged_directory(figures_dir) as staging:
+            for name in FIGURES:
+                files.write_bytes(staging / name, pngs[name])
+        paths = [Path(figures_dir) / name for name in FIGURES]
+        return paths, _attach(records, uri, paths, figures_dir)
+
+
+def _render(
+    params: Params,
+    train_path: Path,
+    test_path: Path,
+    curves_dir: Path,
+    models_dir: Path,
+    metrics_path: Path,
+) -> dict[str, bytes]:
+    """Every figure as PNG bytes, by file name."""
+    torch.set_num_threads(1)  # tiny models; and no thread pool that forked workers inherit
     runs = params.runs
     names = [run.name for run in runs]
     tables = curves.read_all(curves_dir, names)
@@ -82,39 +112,24 @@ def run(
             steps, target, params.train.epochs, schedule_of
         ),
     }
-
     with _Renderer(draw) as renderer:
-        # While the figures render in other processes, import MLflow (seconds: hence here, not
-        # at the top) and find the train run to attach them to.
-        from mlflow.exceptions import MlflowException
+        return renderer.results()
 
-        from pipeline import tracking
 
-        uri = tracking.tracking_uri()
-        try:
-            run_id = tracking.find_train_run(
-                uri, params.mlflow.experiment, files.sha256_files([metrics_path])
-            )
-            lookup_error = None
-        except (MlflowException, OSError) as error:
-            run_id, lookup_error = None, error
-        pngs = renderer.results()
-    with files.staged_directory(figures_dir) as staging:
-        for name in FIGURES:
-            files.write_bytes(staging / name, pngs[name])
-    paths = [Path(figures_dir) / name for name in FIGURES]
-
+def _attach(records: Background, uri: str, paths: list[Path], figures_dir: Path) -> str | None:
+    """Attach the figures to the train run found meanwhile, if any; return its id."""
     try:
-        if lookup_error is not None:
-            raise lookup_error
+        records.wait()
+        run_id = records.answers["find_train_run"]
         if run_id is not None:
-            tracking.attach_files(uri, run_id, paths, "figures")
-    except (MlflowException, OSError) as error:
+            records.call("attach_files", uri, run_id, paths, "figures")
+            records.wait()
+    except RecordError as error:
         raise tracking.TrackingUnavailable(
-            f"wrote the figures to {figures_dir}, but cannot attach them to the MLflow store "
-            f"{uri}: {tracking.first_line(error)}"
+            f"wrote the figures to {figures_dir}, but cannot attach them to the MLflow "
+            f"store {uri}: {error.message}"
         ) from None
-    return paths, run_id
+    return run_id
 
 
 def _seed_losses(curves_dir: Path, name: str, tables: dict) -> np.ndarray:

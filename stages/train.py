@@ -3,7 +3,9 @@ files for DVC and to MLflow (a parent run, a child run per schedule)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import curves, data, files, report, stats, tracking
+from pipeline.background import Background, RecordError
 from pipeline.batched import Arm, ScheduleResult, by_schedule, train_batch
 from pipeline.model import stacked_weights, weights_bytes
 from pipeline.params import Params
@@ -42,8 +45,13 @@ def run(
     report_path: Path,
     on_step: Callable[[int], None] = lambda step: None,
     figures_dir: str = "../figures",
+    mlflow: Background | None = None,
 ) -> TrainSummary:
-    """``figures_dir``: where the report's figure links point, relative to the report."""
+    """``figures_dir``: where the report's figure links point, relative to the report.
+
+    ``mlflow``: a ``Background`` started early, so that importing MLflow overlaps with importing
+    torch (the CLI starts it first thing); by default one is started here.
+    """
     started = time.perf_counter()
     make_deterministic()
     device = select_device(params.train.device)
@@ -62,24 +70,34 @@ def run(
             f"{missing or missing_tests}; re-run generate"
         )
     uri = tracking.tracking_uri()
-    recorder = tracking.Recorder(uri, params.mlflow.experiment)
-    lineage = {
-        **tracking.git_state(),
-        **tracking.environment_tags(str(device)),
-        "params.sha256": params.digest(),
-        "data.sha256": files.sha256_files([train_path, test_path]),
-    }
-    shared = tracking.flatten(_resolved(params))
+    with contextlib.ExitStack() as stack:
+        records = mlflow or stack.enter_context(Background())
+        stack.enter_context(_failed_run_on_error(records, uri))
+        # The store opens while the runs train; a store that cannot be opened stops training at
+        # the next step (`poll`), and no output is written before the store answers (`wait`).
+        records.call("Recorder", uri, params.mlflow.experiment, os.getpid())
+        lineage = {
+            **tracking.git_state(),
+            **tracking.environment_tags(str(device)),
+            "params.sha256": params.digest(),
+            "data.sha256": files.sha256_files([train_path, test_path]),
+        }
+        shared = tracking.flatten(_resolved(params))
+        records.record("start", "train", shared, lineage)
 
-    with recorder.parent("train", shared, lineage):
+        def step(index: int) -> None:
+            on_step(index)
+            records.poll()
+
         training_started = time.perf_counter()
-        batch = train_batch(arms, params, train_sets, device, on_step=on_step)
+        batch = train_batch(arms, params, train_sets, device, on_step=step)
         results = by_schedule(batch, params, train_sets, test_sets)
         rankings = _rank_by_noise(results, params)
         ranked = {row.name: row for ranking in rankings.values() for row in ranking}
         training_seconds = time.perf_counter() - training_started
 
         logging_started = time.perf_counter()
+        records.wait()  # the store is open and the parent run started before any file is written
         with (
             files.staged_directory(curves_dir) as curves_tmp,
             files.staged_directory(models_dir) as models_tmp,
@@ -96,38 +114,65 @@ def run(
                     files.write_bytes(seeds_path, _per_seed_bytes(result))
                     artifacts["seeds"] = seeds_path
                 point = {"train": {"lr": result.lr}, "data": {"noise": result.noise}}
-                recorder.child(
+                records.record(
+                    "child",
                     result.name,
-                    params={
-                        **shared,
-                        **tracking.flatten({**point, "scheduler": spec.as_params()}),
-                    },
-                    tags={**lineage, "scheduler": spec.name, "scheduler.type": spec.type},
-                    series=curves.series(result),
-                    final={**result.final, **_ranking_metrics(ranked[result.name])},
-                    artifacts=artifacts,
+                    {**shared, **tracking.flatten({**point, "scheduler": spec.as_params()})},
+                    {**lineage, "scheduler": spec.name, "scheduler.type": spec.type},
+                    curves.series(result),
+                    {**result.final, **_ranking_metrics(ranked[result.name])},
+                    artifacts,
                 )
+            table = _ranking_markdown(rankings, params)
+            claims = report.check_claims(results, params)
+            text = report.markdown(claims, table, params, figures_dir)
+            records.record("attach_text", table, "ranking.md")
+            records.record("attach_text", text, "report.md")
+            # The artifacts are logged from the staging folders: wait before they move.
+            records.wait()
         files.write_text(steps_path, curves.long_table(results))
-        table = _ranking_markdown(rankings, params)
         files.write_text(ranking_path, table)
-        recorder.attach_text(table, "ranking.md")
-        claims = report.check_claims(results, params)
-        text = report.markdown(claims, table, params, figures_dir)
         files.write_text(report_path, text)
-        recorder.attach_text(text, "report.md")
         # Last: a metrics file on disk means every other output of this run is complete.
         files.write_text(metrics_path, metrics_json(results, ranked))
-        recorder.tag(tracking.OUTPUTS_TAG, files.sha256_files([metrics_path]))
+        records.record("tag", tracking.OUTPUTS_TAG, files.sha256_files([metrics_path]))
+        records.record("finish", "FINISHED")
+        records.wait()
         logging_seconds = time.perf_counter() - logging_started
-    return TrainSummary(
-        tuple(results),
-        recorder.parent_id,
-        uri,
-        str(device),
-        time.perf_counter() - started,
-        training_seconds,
-        logging_seconds,
-        tuple(recorder.reaped),
+        return TrainSummary(
+            tuple(results),
+            records.answers["start"],
+            uri,
+            str(device),
+            time.perf_counter() - started,
+            training_seconds,
+            logging_seconds,
+            tuple(records.answers["Recorder"]),
+        )
+
+
+@contextlib.contextmanager
+def _failed_run_on_error(records: Background, uri: str):
+    """On any error, close the parent run FAILED; say what a failed record means."""
+    try:
+        yield
+    except BaseException as error:
+        with contextlib.suppress(RecordError):  # the process may be gone
+            records.record("finish", "FAILED")
+        if isinstance(error, RecordError):
+            raise _tracking_error(error, uri) from None
+        raise
+
+
+def _tracking_error(error: RecordError, uri: str) -> Exception:
+    if error.kind == "unavailable":  # the store could not be opened: the message says so
+        return tracking.TrackingUnavailable(error.message)
+    if error.kind == "bug":
+        return RuntimeError(f"recording to MLflow failed in {error.call}:\n{error.message}")
+    return tracking.TrackingUnavailable(
+        f"lost the MLflow store {uri} mid-run: {error.message}\n"
+        "No output was written; the runs of this attempt are marked FAILED now, or by the "
+        "next train on this host if the store cannot be reached."
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking import store_lock
+from pipeline.records import store_lock
 from tests.conftest import BIN, make_project, project_env, run, tiny_document
 from tests.servers import free_port, mlflow_server, stop
 
@@ -78,14 +78,14 @@ def wait_until(condition, seconds: float = 120) -> None:
     raise TimeoutError("condition not met in time")
 
 
-def test_unreachable_server_stops_before_training(project):
+def test_unreachable_server_stops_the_stage_and_writes_nothing(project):
     env = {**project_env(project), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     run([str(BIN / "lrsched"), "generate", "--train", "data/train.csv", "--test", "data/test.csv"],
         project, env)  # fmt: skip
     failed = subprocess.run(train_command(), cwd=project, env=env, capture_output=True, text=True)
     assert failed.returncode == 1
     assert "Error: cannot use the MLflow store http://127.0.0.1:" in failed.stderr
-    assert "Nothing was trained or written." in failed.stderr
+    assert "Nothing was written." in failed.stderr
     assert "final loss" not in failed.stdout  # not one run trained
     assert not (project / "outputs").exists()
 

@@ -1,0 +1,243 @@
+"""MLflow records: a parent run per train execution, a child run per schedule.
+
+Per-step metrics go through ``log_batch`` in chunks of MLflow's limit, never one round trip per
+value. Opening a ``Recorder`` checks the store at once and repairs what a killed train left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+
+from pipeline import files
+from pipeline.tracking import (
+    DEFAULT_ARTIFACTS,
+    FAILURE_TAG,
+    HOST_TAG,
+    OUTPUTS_TAG,
+    PARENT_KIND_TAG,
+    PID_TAG,
+    TrackingUnavailable,
+    fail_fast_over_http,
+    first_line,
+)
+
+
+def _artifact_location(uri: str) -> str | None:
+    # A local SQLite store keeps its artifacts in a folder beside the database; a server
+    # decides for itself.
+    if uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///"))
+        return (database.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
+    return None
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise opening an embedded store: two processes must not both create its tables."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# The MLflow UI opens experiments of this kind on their runs and charts, not its GenAI views.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        return client.create_experiment(
+            name, artifact_location=_artifact_location(uri), tags=EXPERIMENT_KIND
+        )
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in found.tags:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
+
+
+def step_metrics(series: Mapping[str, Iterable[float]], timestamp: int) -> list[Metric]:
+    return [
+        Metric(key, float(value), timestamp, step)
+        for key, values in series.items()
+        for step, value in enumerate(values)
+    ]
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Recorder:
+    """One parent run (``start`` .. ``finish``), and child runs under it.
+
+    Opening a recorder checks the store at once, and marks FAILED the runs that a killed train
+    process on this host left RUNNING. ``pid``: the train process the runs belong to (by
+    default this one), which is what a later train checks to tell an abandoned run.
+    """
+
+    def __init__(self, uri: str, experiment: str, pid: int | None = None) -> None:
+        self.uri = uri
+        fail_fast_over_http(uri)
+        self.process_tags = {
+            HOST_TAG: socket.gethostname(),
+            PID_TAG: str(pid or os.getpid()),
+        }
+        self.parent_id: str | None = None
+        self.finished = False
+        try:
+            with store_lock(uri):
+                self.client = MlflowClient(tracking_uri=uri)
+                self.experiment_id = experiment_id(self.client, experiment, uri)
+                self.reaped = self._reap_abandoned_runs()
+        except (MlflowException, OSError) as error:
+            raise TrackingUnavailable(
+                f"cannot use the MLflow store {uri}: {first_line(error)}\n"
+                "Start the tracking server, fix MLFLOW_TRACKING_URI, or unset it to use the "
+                "embedded store. Nothing was written."
+            ) from None
+
+    def _reap_abandoned_runs(self) -> list[str]:
+        """Mark FAILED the RUNNING runs of train processes on this host that no longer exist."""
+        host = self.process_tags[HOST_TAG]
+        running = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+            max_results=1000,
+        )
+        reaped = []
+        for run in running:
+            pid = int(run.data.tags.get(PID_TAG, "0"))
+            if pid and not files.process_alive(pid):
+                self.client.set_tag(
+                    run.info.run_id,
+                    FAILURE_TAG,
+                    f"train process {pid} on {host} ended before finishing (killed?)",
+                )
+                self.client.set_terminated(run.info.run_id, "FAILED")
+                reaped.append(run.info.run_id)
+        return reaped
+
+    def _terminate(self, run_id: str, status: str) -> None:
+        try:
+            self.client.set_terminated(run_id, status)
+        except (MlflowException, OSError):
+            # The store went away: the next train on this host marks the run FAILED.
+            if status == "FINISHED":
+                raise
+
+    def start(self, name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
+        """Open the parent run; the child runs go under it."""
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=name,
+            tags={PARENT_KIND_TAG: "train", **self.process_tags, **tags},
+        )
+        self.parent_id = run.info.run_id
+        self.log(self.parent_id, params=params)
+        return self.parent_id
+
+    def finish(self, status: str, reason: str | None = None) -> None:
+        """Close the parent run FINISHED or FAILED (``reason``: why, as a tag); once."""
+        if self.parent_id is None or self.finished:
+            return
+        self.finished = True
+        if reason:
+            with contextlib.suppress(MlflowException, OSError):  # closing matters more
+                self.client.set_tag(self.parent_id, FAILURE_TAG, reason)
+        self._terminate(self.parent_id, status)
+
+    def attach_text(self, text: str, name: str) -> None:
+        """A text file on the parent run (the ranking table)."""
+        self.client.log_text(self.parent_id, text, name)
+
+    def tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.parent_id, key, value)
+
+    def child(
+        self,
+        name: str,
+        params: Mapping[str, str],
+        tags: Mapping[str, str],
+        series: Mapping[str, Iterable[float]],
+        final: Mapping[str, float],
+        artifacts: Mapping[str, Path],
+    ) -> str:
+        """Log one finished run whole: params, tags, per-step series, final metrics, files."""
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=name,
+            tags={
+                "mlflow.parentRunId": self.parent_id,
+                PARENT_KIND_TAG: "schedule",
+                **self.process_tags,
+                **tags,
+            },
+        )
+        run_id = run.info.run_id
+        status = "FAILED"
+        try:
+            now = int(time.time() * 1000)
+            metrics = step_metrics(series, now)
+            metrics += [Metric(key, float(value), now, 0) for key, value in final.items()]
+            self.log(run_id, params=params, metrics=metrics)
+            for folder, path in artifacts.items():
+                self.client.log_artifact(run_id, str(path), artifact_path=folder)
+            status = "FINISHED"
+        finally:
+            self._terminate(run_id, status)
+        return run_id
+
+    def log(
+        self,
+        run_id: str,
+        params: Mapping[str, str] | None = None,
+        metrics: list[Metric] | None = None,
+    ) -> None:
+        param_list = [Param(k, v) for k, v in (params or {}).items()]
+        for chunk in _chunks(param_list, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, params=chunk, synchronous=True)
+        for chunk in _chunks(metrics or [], MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=chunk, synchronous=True)
+
+
+def find_train_run(uri: str, experiment: str, metrics_digest: str) -> str | None:
+    """The newest train parent run whose metrics file had this digest, if any."""
+    fail_fast_over_http(uri)
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{OUTPUTS_TAG}` = '{metrics_digest}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def attach_files(uri: str, run_id: str, paths: Iterable[Path], folder: str) -> None:
+    client = MlflowClient(tracking_uri=uri)
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path=folder)
