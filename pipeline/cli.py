@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.params import Params, ParamsError, ScheduleCheck, load_params
+from pipeline.params import Params, ParamsError, ScheduleCheck, load_params, try_schedules
 from pipeline.tracking import TrackingUnavailable
 
 PATH = click.Path(path_type=Path)
@@ -128,7 +129,14 @@ def train(
     with Background() as mlflow:
         from stages import train as stage
 
-        params = _load(params_path)
+        params = _load(params_path, schedules="parse")
+        # Every name, type and argument is valid: the store opens while torch tries each
+        # schedule (a rate that blows up stops the stage here; the store then holds no run).
+        stage.open_store(params, mlflow)
+        try:
+            try_schedules(params, str(params_path))
+        except ParamsError as error:
+            raise click.ClickException(str(error)) from None
         width = max(len(run.name) for run in params.runs)
         points = len(params.variants)
         grid = f" x {points} grid points" if points > 1 else ""
@@ -325,3 +333,22 @@ def ui(host: str, port: int) -> None:
     os.execvp(
         mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     )
+
+
+def main() -> None:
+    """The ``lrsched`` command: the CLI, then an exit that skips the interpreter's teardown.
+
+    Tearing down torch, or MLflow in the background process, takes 0.4-0.8 s per process and
+    saves nothing: every output is already written and renamed into place, and every record is
+    committed. Standard streams are flushed; the exit status is click's.
+    """
+    try:
+        cli.main()
+        status = 0
+    except SystemExit as exit:
+        status = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+        if isinstance(exit.code, str):
+            print(exit.code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -252,26 +252,12 @@ def parse_params(
             continue
         from pipeline.schedules import SpecError, parse_spec
 
-        train = raw.train
-        rates = _axis_values(train.lr)
         try:
-            # Tried at the grid's extremes: a rate that goes bad does so at one end or the other.
-            for lr in sorted({min(rates), max(rates)}):
-                parsed = parse_spec(
-                    name,
-                    spec,
-                    train.epochs,
-                    lr,
-                    train.optimizer,
-                    train.momentum,
-                    trial=schedules == "trial",
-                )
-            specs.append(parsed)
+            specs.append(parse_spec(name, spec, raw.train.epochs, trial=False))
         except SpecError as error:
             problems.append(f"schedulers.{name}{error.path}: {error}")
-    if problems:
-        raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
-    return Params(
+    _raise_problems(problems, source)
+    params = Params(
         seed=raw.seed,
         data=raw.data,
         model=raw.model,
@@ -281,6 +267,31 @@ def parse_params(
         schedules=tuple(specs),
         raw=json.loads(json.dumps(document, default=str)),
     )
+    if schedules == "trial":
+        try_schedules(params, source)
+    return params
+
+
+def try_schedules(params: Params, source: str = "params.yaml") -> None:
+    """Build and step every schedule on a throwaway optimizer, so that what only torch can find
+    wrong (an argument of the wrong type, a rate that blows up) fails now, not mid-run."""
+    from pipeline.schedules import SpecError, try_spec
+
+    train, problems = params.train, []
+    rates = _axis_values(train.lr)
+    for spec in params.schedules:
+        try:
+            # Tried at the grid's extremes: a rate that goes bad does so at one end or the other.
+            for lr in sorted({min(rates), max(rates)}):
+                try_spec(spec, train.epochs, lr, train.optimizer, train.momentum)
+        except SpecError as error:
+            problems.append(f"schedulers.{spec.name}{error.path}: {error}")
+    _raise_problems(problems, source)
+
+
+def _raise_problems(problems: list[str], source: str) -> None:
+    if problems:
+        raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def _check_size(document: Any, source: str) -> None:

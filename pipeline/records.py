@@ -18,7 +18,11 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+from mlflow.utils.validation import (
+    MAX_ENTITIES_PER_BATCH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
 
 from pipeline import files
 from pipeline.tracking import (
@@ -83,9 +87,14 @@ def step_metrics(series: Mapping[str, Iterable[float]], timestamp: int) -> list[
     ]
 
 
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _batches(params: list[Param], metrics: list[Metric]) -> Iterator[tuple[list, list]]:
+    """(params, metrics) per ``log_batch`` call within MLflow's limits; each call is a
+    transaction, so the params ride with the first metrics rather than alone."""
+    while params or metrics:
+        param_chunk, params = params[:MAX_PARAMS_TAGS_PER_BATCH], params[MAX_PARAMS_TAGS_PER_BATCH:]
+        room = min(MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH - len(param_chunk))
+        metric_chunk, metrics = metrics[:room], metrics[room:]
+        yield param_chunk, metric_chunk
 
 
 class Recorder:
@@ -157,6 +166,10 @@ class Recorder:
         self.log(self.parent_id, params=params)
         return self.parent_id
 
+    def adopt(self, parent_id: str) -> None:
+        """Log children under another recorder's parent run, which that recorder closes."""
+        self.parent_id, self.finished = parent_id, True
+
     def finish(self, status: str, reason: str | None = None) -> None:
         """Close the parent run FINISHED or FAILED (``reason``: why, as a tag); once."""
         if self.parent_id is None or self.finished:
@@ -215,10 +228,10 @@ class Recorder:
         metrics: list[Metric] | None = None,
     ) -> None:
         param_list = [Param(k, v) for k, v in (params or {}).items()]
-        for chunk in _chunks(param_list, MAX_PARAMS_TAGS_PER_BATCH):
-            self.client.log_batch(run_id, params=chunk, synchronous=True)
-        for chunk in _chunks(metrics or [], MAX_METRICS_PER_BATCH):
-            self.client.log_batch(run_id, metrics=chunk, synchronous=True)
+        for param_chunk, metric_chunk in _batches(param_list, metrics or []):
+            self.client.log_batch(
+                run_id, params=param_chunk, metrics=metric_chunk, synchronous=True
+            )
 
 
 def find_train_run(uri: str, experiment: str, metrics_digest: str) -> str | None:

@@ -132,7 +132,7 @@ def parse_spec(
     """Validate one ``schedulers`` entry and (with ``trial``) step it on a throwaway optimizer."""
     spec = _parse(name, raw, epochs, nested=False)
     if trial:
-        _trial(spec, epochs, lr, optimizer, momentum)
+        try_spec(spec, epochs, lr, optimizer, momentum)
     return spec
 
 
@@ -298,7 +298,7 @@ def _bind(rule: expressions.Expression, epochs: int):
     return lambda step: rule(step, epochs)
 
 
-def _trial(spec: ScheduleSpec, epochs: int, lr: float, optimizer: str, momentum: float) -> None:
+def try_spec(spec: ScheduleSpec, epochs: int, lr: float, optimizer: str, momentum: float) -> None:
     """Build the schedule on a throwaway model and step it, so bad arguments fail now."""
     try:
         rates = preview(spec, min(epochs, 2000), lr, optimizer, momentum)

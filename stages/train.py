@@ -75,7 +75,8 @@ def run(
         stack.enter_context(_failed_run_on_error(records, uri))
         # The store opens while the runs train; a store that cannot be opened stops training at
         # the next step (`poll`), and no output is written before the store answers (`wait`).
-        records.call("Recorder", uri, params.mlflow.experiment, os.getpid())
+        if "Recorder" not in records.sent:
+            open_store(params, records)
         lineage = {
             **tracking.git_state(),
             **tracking.environment_tags(str(device)),
@@ -149,6 +150,12 @@ def run(
             logging_seconds,
             tuple(records.answers["Recorder"]),
         )
+
+
+def open_store(params: Params, records: Background) -> None:
+    """Have ``records`` open the MLflow store (and reap what a killed train left): it takes
+    seconds, which the CLI overlaps with stepping every schedule once (``try_schedules``)."""
+    records.call("Recorder", tracking.tracking_uri(), params.mlflow.experiment, os.getpid())
 
 
 @contextlib.contextmanager

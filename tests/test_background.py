@@ -132,3 +132,25 @@ def _alive(pid: int) -> bool:
     # A zombie is gone for our purposes; its parent (init) reaps it.
     status = Path(f"/proc/{pid}/stat")
     return status.exists() and status.read_text().split()[2] != "Z"
+
+
+def test_batches_keep_mlflow_limits_and_lose_nothing():
+    from mlflow.entities import Metric, Param
+    from mlflow.utils.validation import (
+        MAX_ENTITIES_PER_BATCH,
+        MAX_METRICS_PER_BATCH,
+        MAX_PARAMS_TAGS_PER_BATCH,
+    )
+
+    from pipeline.records import _batches
+
+    params = [Param(f"p{i}", str(i)) for i in range(130)]
+    metrics = [Metric("loss", float(i), 0, i) for i in range(2500)]
+    batches = list(_batches(params, metrics))
+    for param_chunk, metric_chunk in batches:
+        assert len(param_chunk) <= MAX_PARAMS_TAGS_PER_BATCH
+        assert len(metric_chunk) <= MAX_METRICS_PER_BATCH
+        assert len(param_chunk) + len(metric_chunk) <= MAX_ENTITIES_PER_BATCH
+    assert [p for chunk, _ in batches for p in chunk] == params
+    assert [m for _, chunk in batches for m in chunk] == metrics
+    assert len(batches) == 3  # 100 params + 900 metrics, 30 + 970, 0 + 630
