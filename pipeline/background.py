@@ -9,7 +9,8 @@ Calls run one at a time, in the order sent. After one fails, the rest are refuse
 (rather than each waiting out a dead server's retries) except ``finish``, which closes the
 parent run FAILED. The process is spawned, not forked: it inherits no torch threads and no
 open database connections. If the stage dies, the process sees the pipe close, closes the
-parent run FAILED, and ends.
+parent run FAILED, and ends. (Being spawned, it imports the caller's main module again: a
+script that calls a stage's ``run`` needs the usual ``if __name__ == "__main__":`` guard.)
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -18,6 +19,9 @@ from rich.table import Table
 
 from pipeline.params import Params, ParamsError, ScheduleCheck, load_params, try_schedules
 from pipeline.tracking import TrackingUnavailable
+
+if TYPE_CHECKING:  # importing the stage imports torch
+    from stages.train import TrainSummary
 
 PATH = click.Path(path_type=Path)
 EXISTING = click.Path(path_type=Path, exists=True)
@@ -137,13 +141,12 @@ def train(
             try_schedules(params, str(params_path))
         except ParamsError as error:
             raise click.ClickException(str(error)) from None
-        width = max(len(run.name) for run in params.runs)
         points = len(params.variants)
         grid = f" x {points} grid points" if points > 1 else ""
-        runs = len(params.runs) * params.train.seeds
         click.echo(
             f"training {len(params.schedules)} schedules{grid} x {params.train.seeds} seed(s) = "
-            f"{runs} runs x {params.train.epochs} steps, as one batch"
+            f"{len(params.runs) * params.train.seeds} runs x {params.train.epochs} steps, "
+            "as one batch"
         )
         progress = Progress(
             TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -152,42 +155,38 @@ def train(
         with _tracking_errors(), progress:
             task = progress.add_task("train", total=params.train.epochs)
             summary = stage.run(
-                params,
-                train_path,
-                test_path,
-                curves_dir,
-                models_dir,
-                metrics_path,
-                steps_path,
-                ranking_path,
-                report_path,
+                params, train_path, test_path, curves_dir, models_dir, metrics_path, steps_path,
+                ranking_path, report_path,
                 on_step=lambda step: progress.update(task, completed=step + 1),
-                figures_dir=figures_link,
-                mlflow=mlflow,
-            )
-        for result in summary.results:
-            final = result.final
-            spread = (
-                f" +/- {final['test_accuracy_ci95']:.1%}" if "test_accuracy_ci95" in final else ""
-            )
-            click.echo(
-                f"  {result.name:<{width}}  final loss {final['final_loss']:.4f}  "
-                f"train acc {final['train_accuracy']:.1%}  test acc {final['test_accuracy']:.1%}"
-                f"{spread}"
-            )
-        if summary.reaped:
-            click.echo(
-                f"marked FAILED {len(summary.reaped)} run(s) that a killed train left RUNNING: "
-                + ", ".join(summary.reaped)
-            )
-        timing = (
-            f"training {summary.training_seconds:.1f} s, "
-            f"files and MLflow {summary.logging_seconds:.1f} s"
-        )
+                figures_dir=figures_link, mlflow=mlflow,
+            )  # fmt: skip
+    _echo_train_summary(summary)
+
+
+def _echo_train_summary(summary: TrainSummary) -> None:
+    """A line per run, the runs reaped, and the one-line summary."""
+    width = max(len(result.name) for result in summary.results)
+    for result in summary.results:
+        final = result.final
+        spread = f" +/- {final['test_accuracy_ci95']:.1%}" if "test_accuracy_ci95" in final else ""
         click.echo(
-            f"done in {summary.seconds:.1f} s on {summary.device} ({timing}); "
-            f"MLflow parent run {summary.parent_run_id} in {summary.tracking_uri}"
+            f"  {result.name:<{width}}  final loss {final['final_loss']:.4f}  "
+            f"train acc {final['train_accuracy']:.1%}  test acc {final['test_accuracy']:.1%}"
+            f"{spread}"
         )
+    if summary.reaped:
+        click.echo(
+            f"marked FAILED {len(summary.reaped)} run(s) that a killed train left RUNNING: "
+            + ", ".join(summary.reaped)
+        )
+    timing = (
+        f"training {summary.training_seconds:.1f} s, "
+        f"files and MLflow {summary.logging_seconds:.1f} s"
+    )
+    click.echo(
+        f"done in {summary.seconds:.1f} s on {summary.device} ({timing}); "
+        f"MLflow parent run {summary.parent_run_id} in {summary.tracking_uri}"
+    )
 
 
 @cli.command()
