@@ -166,10 +166,6 @@ class Recorder:
         self.log(self.parent_id, params=params)
         return self.parent_id
 
-    def adopt(self, parent_id: str) -> None:
-        """Log children under another recorder's parent run, which that recorder closes."""
-        self.parent_id, self.finished = parent_id, True
-
     def finish(self, status: str, reason: str | None = None) -> None:
         """Close the parent run FINISHED or FAILED (``reason``: why, as a tag); once."""
         if self.parent_id is None or self.finished:
