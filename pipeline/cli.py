@@ -35,11 +35,17 @@ params_option = click.option(
 )
 
 
-def _load(path: Path, schedules: ScheduleCheck = "trial") -> Params:
+@contextlib.contextmanager
+def _params_errors():
     try:
-        return load_params(path, schedules)
+        yield
     except ParamsError as error:
         raise click.ClickException(str(error)) from None
+
+
+def _load(path: Path, schedules: ScheduleCheck = "trial") -> Params:
+    with _params_errors():
+        return load_params(path, schedules)
 
 
 @contextlib.contextmanager
@@ -137,10 +143,8 @@ def train(
         # Every name, type and argument is valid: the store opens while torch tries each
         # schedule (a rate that blows up stops the stage here; the store then holds no run).
         stage.open_store(params, mlflow)
-        try:
+        with _params_errors():
             try_schedules(params, str(params_path))
-        except ParamsError as error:
-            raise click.ClickException(str(error)) from None
         points = len(params.variants)
         grid = f" x {points} grid points" if points > 1 else ""
         click.echo(

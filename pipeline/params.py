@@ -253,7 +253,7 @@ def parse_params(
         from pipeline.schedules import SpecError, parse_spec
 
         try:
-            specs.append(parse_spec(name, spec, raw.train.epochs, trial=False))
+            specs.append(parse_spec(name, spec, raw.train.epochs))
         except SpecError as error:
             problems.append(f"schedulers.{name}{error.path}: {error}")
     _raise_problems(problems, source)

@@ -120,20 +120,9 @@ def available_types() -> list[dict[str, str]]:
     return rows
 
 
-def parse_spec(
-    name: str,
-    raw: Any,
-    epochs: int,
-    lr: float = 0.01,
-    optimizer: str = "adam",
-    momentum: float = 0.0,
-    trial: bool = True,
-) -> ScheduleSpec:
-    """Validate one ``schedulers`` entry and (with ``trial``) step it on a throwaway optimizer."""
-    spec = _parse(name, raw, epochs, nested=False)
-    if trial:
-        try_spec(spec, epochs, lr, optimizer, momentum)
-    return spec
+def parse_spec(name: str, raw: Any, epochs: int) -> ScheduleSpec:
+    """Validate one ``schedulers`` entry: its type and arguments (``try_spec`` then steps it)."""
+    return _parse(name, raw, epochs, nested=False)
 
 
 def _parse(name: str, raw: Any, epochs: int, nested: bool) -> ScheduleSpec:

@@ -94,7 +94,7 @@ def test_preview_equals_what_training_recorded(trained):
 
 
 def test_every_torch_scheduler_type_is_usable_by_name():
-    from pipeline.schedules import parse_spec, torch_types
+    from pipeline.schedules import parse_spec, torch_types, try_spec
 
     minimal = {
         "LambdaLR": {"lr_lambda": "1 / (1 + step)"},
@@ -115,6 +115,7 @@ def test_every_torch_scheduler_type_is_usable_by_name():
     }
     for name in torch_types():
         spec = parse_spec(name, {"type": name, **minimal.get(name, {})}, epochs=10)
+        try_spec(spec, 10, LR, "adam", 0.0)
         rates = preview(spec, 10, LR)
         assert rates.shape[0] == 10 and np.isfinite(rates).all(), name
 
