@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import minibatch
+from pipeline import minibatch, portable
 from pipeline.data import Dataset
 from pipeline.model import LAYER_NAMES, LogicNet, param_groups
 from pipeline.optim import make_optimizer
@@ -66,8 +66,8 @@ class _Stack:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         w1, b1, w2, b2 = self.tensors
-        hidden = torch.tanh(torch.baddbmm(b1.unsqueeze(1), x, w1.transpose(1, 2)))
-        return torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2))
+        hidden = torch.tanh(portable.linear(x, w1, b1))
+        return portable.linear(hidden, w2, b2)
 
     def layer_of(self, index: int) -> int:
         return LAYER_NAMES.index(self.names[index].split(".")[0])
@@ -231,7 +231,7 @@ class _BatchedOptimizer:
             first, second = self.first[index], self.second[index]
             first.lerp_(grad, self._per_run(1 - momentum, grad))
             second.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (second.sqrt() / correction2_sqrt).add_(ADAM_EPS)
+            denom = (portable.sqrt(second) / correction2_sqrt).add_(ADAM_EPS)
             step_size = rate / (1 - momentum**self.count)
             tensor.sub_(first / denom * self._per_run(step_size, tensor))
 

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline import portable
+
 # The tutorial's own attribute names; per-layer param groups are named after them.
 LAYER_NAMES = ("Liner1", "Liner2")
 
@@ -20,7 +22,10 @@ class LogicNet(nn.Module):
         self.criterion = nn.CrossEntropyLoss()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.Liner2(torch.tanh(self.Liner1(x)))
+        # Liner2(tanh(Liner1(x))), with each layer's product in a fixed order rather than MKL's
+        # SGEMM, whose bits depend on the CPU: the same bytes on any machine.
+        hidden = torch.tanh(portable.linear(x, self.Liner1.weight, self.Liner1.bias))
+        return portable.linear(hidden, self.Liner2.weight, self.Liner2.bias)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return torch.argmax(torch.softmax(self.forward(x), dim=1), dim=1)
@@ -64,6 +69,6 @@ def seed_accuracies(path: str, features: torch.Tensor, labels: torch.Tensor) -> 
     saved = torch.load(path, map_location="cpu", weights_only=True)
     w1, b1 = saved["Liner1.weight"], saved["Liner1.bias"]
     w2, b2 = saved["Liner2.weight"], saved["Liner2.bias"]
-    hidden = torch.tanh(features @ w1.transpose(1, 2) + b1.unsqueeze(1))  # LogicNet.forward
-    predicted = (hidden @ w2.transpose(1, 2) + b2.unsqueeze(1)).argmax(dim=2)
+    hidden = torch.tanh(portable.linear(features, w1, b1))  # LogicNet.forward, seeds at once
+    predicted = portable.linear(hidden, w2, b2).argmax(dim=2)
     return (predicted == labels).sum(dim=1).numpy() / len(labels)

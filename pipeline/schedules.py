@@ -130,6 +130,7 @@ def _parse(name: str, raw: Any, epochs: int, nested: bool) -> ScheduleSpec:
         raise SpecError(f"expected a mapping with a 'type' key, got {raw!r}")
     kind = raw.get("type")
     kwargs = {k: v for k, v in raw.items() if k != "type"}
+    _refuse_non_finite(kwargs, "")
     torch_classes = torch_types()
     if not isinstance(kind, str) or (kind not in BUILTIN_TYPES and kind not in torch_classes):
         allowed = ", ".join([*BUILTIN_TYPES, *torch_classes])
@@ -179,6 +180,19 @@ def _parse(name: str, raw: Any, epochs: int, nested: bool) -> ScheduleSpec:
             raise SpecError("nested schedulers must all be per-layer or all not", ".schedulers")
         children, per_layer = tuple(parsed), parsed[0].per_layer
     return ScheduleSpec(name, kind, kwargs, per_layer, monitor, children, rules)
+
+
+def _refuse_non_finite(value: Any, path: str) -> None:
+    """A NaN or infinite number anywhere in an entry is refused at its own key, before torch
+    would turn it into a rate that goes bad steps later."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"got {value!r}; must be a finite number (not nan or inf)", path)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_non_finite(item, f"{path}[{index}]")
 
 
 def _parse_builtin(name: str, kind: str, kwargs: dict[str, Any]) -> ScheduleSpec:

@@ -54,6 +54,15 @@ def run(
         digest = files.sha256_files([metrics_path])
         records.call("find_train_run", uri, params.mlflow.experiment, digest)
         pngs = _render(params, train_path, test_path, curves_dir, models_dir, metrics_path)
+        # The store has answered before a figure is written: one that cannot be opened leaves
+        # the figures as they were (`dvc repro` keeps them: `persist` in dvc.yaml).
+        try:
+            records.wait()
+        except RecordError as error:
+            raise tracking.TrackingUnavailable(
+                f"cannot use the MLflow store {uri}: {error.message}\n"
+                f"No figure was written; {figures_dir} is as it was."
+            ) from None
         with files.staged_directory(figures_dir) as staging:
             for name in FIGURES:
                 files.write_bytes(staging / name, pngs[name])

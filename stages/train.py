@@ -131,6 +131,9 @@ def run(
             records.record("attach_text", text, "report.md")
             # The artifacts are logged from the staging folders: wait before they move.
             records.wait()
+            # Nothing refused the run: the outputs are replaced from here on. DVC keeps the old
+            # ones until now (`persist`), so first take away the file that says they are whole.
+            Path(metrics_path).unlink(missing_ok=True)
         files.write_text(steps_path, curves.long_table(results))
         files.write_text(ranking_path, table)
         files.write_text(report_path, text)

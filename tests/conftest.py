@@ -98,3 +98,63 @@ GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "project")
+
+
+# A sitecustomize for the stages' processes: every project module a process imports is logged
+# with the process, its parent and its `lrsched` command, so that a test can tell what each
+# stage really ran (module-level and function-level imports, in every process it started).
+IMPORT_TRACER = """
+import os
+import sys
+
+
+class _ImportTracer:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("pipeline", "stages"):
+            lrsched = os.path.basename(sys.argv[0]) == "lrsched" and len(sys.argv) > 1
+            command = sys.argv[1] if lrsched else "-"
+            with open(os.environ["LRSCHED_IMPORT_LOG"], "a") as log:
+                log.write(f"{os.getpid()}\\t{os.getppid()}\\t{command}\\t{name}\\n")
+        return None
+
+
+if os.environ.get("LRSCHED_IMPORT_LOG"):
+    sys.meta_path.insert(0, _ImportTracer())
+"""
+
+
+def traced_imports(log: Path) -> dict[str, set[str]]:
+    """``lrsched`` command -> the project modules its process and its children imported."""
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    command_of = {pid: command for pid, _, command, _ in rows if command != "-"}
+    parent_of = {pid: ppid for pid, ppid, _, _ in rows}
+    found: dict[str, set[str]] = {}
+    for pid, _, _, module in rows:
+        process, seen = pid, set()
+        while process not in command_of and process in parent_of and process not in seen:
+            seen.add(process)
+            process = parent_of[process]  # a spawned child (the MLflow process): its parent's
+        found.setdefault(command_of.get(process, "-"), set()).add(module)
+    return found
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory) -> dict:
+    """One tiny project through a real `dvc repro`, with every stage's imports traced.
+
+    Read-only: a test that changes the project copies it first (``copy_project``).
+    """
+    root = make_project(tmp_path_factory.mktemp("reproduced") / "project")
+    tracer = tmp_path_factory.mktemp("tracer")
+    (tracer / "sitecustomize.py").write_text(IMPORT_TRACER)
+    log = tracer / "imports.log"
+    env = project_env(root)
+    traced_env = {**env, "PYTHONPATH": str(tracer), "LRSCHED_IMPORT_LOG": str(log)}
+    run(["dvc", "repro"], root, traced_env)
+    return {"root": root, "env": env, "imports": traced_imports(log)}
+
+
+def copy_project(source: Path, target: Path) -> Path:
+    """A copy of a project, its git history, DVC cache and MLflow store included."""
+    shutil.copytree(source, target, symlinks=True)
+    return target

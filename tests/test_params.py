@@ -102,6 +102,40 @@ CASES = [
         ["schedulers.StepLR", "StepLR rejects"],
     ),
     (
+        "gamma is nan",
+        lambda d: _set(d, "schedulers.StepLR.gamma", float("nan")),
+        ["schedulers.StepLR.gamma: got nan", "must be a finite number"],
+    ),
+    (
+        "gamma is -inf",
+        lambda d: _set(d, "schedulers.StepLR.gamma", float("-inf")),
+        ["schedulers.StepLR.gamma: got -inf", "must be a finite number"],
+    ),
+    (
+        "milestone is inf",
+        lambda d: _set(d, "schedulers.MultiStepLR.milestones", [30, float("inf")]),
+        ["schedulers.MultiStepLR.milestones[1]: got inf", "must be a finite number"],
+    ),
+    (
+        "nested argument is nan",
+        lambda d: _set(
+            d,
+            "schedulers.warmup_cosine.schedulers",
+            [{"type": "LinearLR", "end_factor": float("nan")}],
+        ),
+        ["schedulers.warmup_cosine.schedulers[0].end_factor: got nan", "must be a finite number"],
+    ),
+    (
+        "noise is nan",
+        lambda d: _set(d, "data.noise", float("nan")),
+        ["data.noise: got nan", "finite"],
+    ),
+    (
+        "target loss is inf",
+        lambda d: _set(d, "analysis.target_loss", float("inf")),
+        ["analysis.target_loss: got inf", "finite number"],
+    ),
+    (
         "rate blows up",
         lambda d: _set(d, "schedulers.ExponentialLR.gamma", 1e308),
         ["schedulers.ExponentialLR", "inf"],

@@ -1,47 +1,125 @@
-"""The same bytes on any x86-64 CPU: the train stage run as if on three kinds of CPU.
+"""The same bytes on every x86-64 CPU: each stage run natively and as three other CPUs.
 
-MKL and oneDNN pick their code path from the CPU; their variables below make them take the
-path an older CPU would. Without the pins in ``pipeline/__init__.py`` these three runs give
-three different sets of weights on an AVX-512 machine.
+Debian's ``qemu-user`` runs a program while reporting another CPU model through CPUID, so MKL,
+oneDNN, glibc's libm and numpy all pick the code they would pick on that CPU. The native run is
+this machine's CPU (CI's: an AMD EPYC with AVX-512); the emulated ones are an Intel with AVX2
+and FMA, an AMD with AVX2 and FMA, and an Intel without AVX at all. Every output of every stage
+must be byte for byte the native one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
+import sys
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
 
-from tests.conftest import BIN, project_env, run, tiny_document
+from pipeline import portable
+from tests.conftest import project_env, run, tiny_document
+from tests.servers import require
 
-CPU_KINDS = {
-    "AVX-512": {"MKL_ENABLE_INSTRUCTIONS": "AVX512"},
-    "AVX2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "SSE4.2": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+QEMU = shutil.which("qemu-x86_64")
+CPU_MODELS = {
+    "Intel Skylake (AVX2, FMA)": "Skylake-Client-v1",
+    "AMD EPYC Zen 1 (AVX2, FMA)": "EPYC-v1",
+    "Intel Nehalem (SSE4.2, no AVX)": "Nehalem-v1",
 }
-TRAIN = ["--train", "train.csv", "--test", "test.csv", "--curves", "curves", "--models",
-         "models", "--metrics", "metrics.json", "--steps", "steps.csv", "--ranking",
-         "ranking.md", "--report", "report.md"]  # fmt: skip
+FILES = {"train": "data/train.csv", "test": "data/test.csv", "curves": "outputs/curves",
+         "models": "outputs/models", "metrics": "outputs/metrics.json",
+         "steps": "outputs/steps.csv", "ranking": "outputs/ranking.md",
+         "report": "outputs/report.md", "figures": "figures"}  # fmt: skip
+STAGES = {
+    "generate": ["train", "test"],
+    "train": ["train", "test", "curves", "models", "metrics", "steps", "ranking", "report"],
+    "plot": ["train", "test", "curves", "models", "metrics", "figures"],
+}
 
 
-def digest(folder: Path) -> str:
-    hashed = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            hashed.update(path.name.encode() + path.read_bytes())
-    return hashed.hexdigest()
+def stage_command(stage: str) -> list[str]:
+    """``python -m pipeline STAGE --train data/train.csv ...``, as dvc.yaml's command says."""
+    arguments = [a for key in STAGES[stage] for a in (f"--{key}", FILES[key])]
+    return [sys.executable, "-m", "pipeline", stage, *arguments]
 
 
-def test_three_kinds_of_cpu_give_the_same_bytes(tmp_path: Path):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_document(epochs=200)))
-    env = project_env(tmp_path)
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run([str(BIN / "lrsched"), "generate", "--train", "train.csv", "--test", "test.csv"],
-        tmp_path, env)  # fmt: skip
-    results = {}
-    for kind, variables in CPU_KINDS.items():
-        run([str(BIN / "lrsched"), "train", *TRAIN], tmp_path, {**env, **variables})
-        outputs = [tmp_path / name for name in ("models", "curves", "metrics.json")]
-        results[kind] = (digest(outputs[0]), digest(outputs[1]), outputs[2].read_bytes())
-    assert results["AVX2"] == results["AVX-512"]
-    assert results["SSE4.2"] == results["AVX-512"]
+def digests(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for folder in ("data", "outputs", "figures")
+        for path in sorted((root / folder).rglob("*"))
+        if path.is_file()
+    }
+
+
+def reproduce(root: Path, emulate: list[str]) -> dict[str, str]:
+    """Every stage in order in ``root`` (each under ``emulate``); every output's digest."""
+    env = {**project_env(root), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    for stage in STAGES:
+        run([*emulate, *stage_command(stage)], root, env)
+    return digests(root)
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("native")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_document(epochs=120)))
+    return reproduce(root, [])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", CPU_MODELS.values(), ids=CPU_MODELS.keys())
+def test_every_stage_gives_the_same_bytes_on_another_cpu(native, tmp_path, model):
+    require("Debian's qemu-user (qemu-x86_64)", QEMU is not None)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_document(epochs=120)))
+    emulated = reproduce(tmp_path, [QEMU, "-cpu", model])
+    assert emulated.keys() == native.keys()
+    assert len(native) > 20  # every stage's files: data, curves, models, figures...
+    differ = sorted(name for name in native if emulated[name] != native[name])
+    assert not differ, f"as {model}, these outputs differ from the native run: {differ}"
+
+
+def test_the_portable_product_is_nn_linears_to_rounding():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 500, 2, generator=generator)
+    weight, bias = torch.randn(7, 3, 2, generator=generator), torch.randn(7, 3, generator=generator)
+    ours = portable.linear(x, weight, bias)
+    for seed in range(7):
+        reference = torch.nn.functional.linear(x[seed], weight[seed], bias[seed])
+        torch.testing.assert_close(ours[seed], reference, rtol=1e-6, atol=1e-6)
+        assert torch.equal(portable.linear(x[seed], weight[seed], bias[seed]), ours[seed])
+
+
+def test_the_portable_square_root_is_correctly_rounded():
+    values = torch.rand(10_000, generator=torch.Generator().manual_seed(1)) * 1e-3
+    exact = torch.from_numpy((values.double().numpy() ** 0.5).astype("float32"))
+    assert torch.equal(portable.sqrt(values), exact)  # float64's root, rounded once: IEEE's
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_reproduces_the_committed_lock_byte_for_byte(tmp_path):
+    """`make run` on a fresh clone: every hash in dvc.lock, outputs included, and a clean git."""
+    from tests.conftest import GIT, ROOT
+
+    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], ROOT)
+    clone = tmp_path / "clone"
+    for name in filter(None, listed.stdout.split("\0")):
+        if (ROOT / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, clone / name)
+    env = project_env(clone)
+    run(["git", "init", "-q", "-b", "main"], clone, env)
+    run([*GIT, "add", "-A"], clone, env)
+    run([*GIT, "commit", "-qm", "clone"], clone, env)
+
+    run(["dvc", "repro"], clone, env)
+    written = yaml.safe_load((clone / "dvc.lock").read_text())
+    committed = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    for stage, entry in committed["stages"].items():
+        for out in entry.get("outs", []):
+            mine = next(o for o in written["stages"][stage]["outs"] if o["path"] == out["path"])
+            assert mine["md5"] == out["md5"], f"{stage}: {out['path']} is not what a run writes"
+    assert written == committed
+    assert run(["git", "status", "--porcelain"], clone, env).stdout == ""
