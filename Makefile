@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # DVC runs each stage's `lrsched ...` command through the shell: put the venv first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint format bench image-test clean
+.PHONY: run test check lint format bench image-test clean
 
 run: $(VENV)/.runtime  ## run the whole pipeline on params.yaml
 	dvc repro
@@ -15,15 +15,16 @@ run: $(VENV)/.runtime  ## run the whole pipeline on params.yaml
 	@echo "Metrics:   $(BIN)/dvc metrics show"
 	@echo "MLflow UI: $(BIN)/lrsched ui   (then open http://127.0.0.1:5000)"
 
-test: $(VENV)/.test  ## lint, then the test suite
-	ruff check .
-	ruff format --check .
-	hadolint docker/*Dockerfile
+test: lint  ## lint, then the whole test suite (what CI runs)
 	pytest
 
-lint: $(VENV)/.test
+check: lint  ## the inner loop, under a minute: lint, then the fast tests (no pipeline runs)
+	pytest -m "not slow"
+
+lint: $(VENV)/.test  ## ruff check, ruff format --check, mypy (pipeline/, stages/), hadolint
 	ruff check .
 	ruff format --check .
+	mypy
 	hadolint docker/*Dockerfile
 
 format: $(VENV)/.test

@@ -1,94 +1,191 @@
 """MLflow in a process of its own, so that its seconds overlap with the stage's own work.
 
 Importing MLflow and opening its store take 3-5 s; importing torch and training take as long
-again. A stage starts ``Background`` before it imports torch, sends it the calls of
-``pipeline.records`` it needs, goes on with its work, and collects the answers when it must
-know them: before it writes an output that says the records are complete.
+again. A command starts a ``Tracker`` before it imports torch; the stage calls the tracker's
+methods (one per record), goes on with its work, and collects the answers when it must know
+them: before it writes an output that says the records are complete.
 
-Calls run one at a time, in the order sent. After one fails, the rest are refused at once
-(rather than each waiting out a dead server's retries) except ``finish``, which closes the
-parent run FAILED. The process is spawned, not forked: it inherits no torch threads and no
-open database connections. If the stage dies, the process sees the pipe close, closes the
-parent run FAILED, and ends. (Being spawned, it imports the caller's main module again: a
-script that calls a stage's ``run`` needs the usual ``if __name__ == "__main__":`` guard.)
+Each method sends its record and returns at once with a ``Reply``; ``Reply.get`` waits for the
+answer. Records run one at a time, in the order sent. After one fails, the rest are refused at
+once (rather than each waiting out a dead server's retries) except ``finish_parent``, which
+closes the parent run FAILED. A failure is a ``RecordError`` whose subclass says how it failed.
+
+The process is spawned, not forked: it inherits no torch threads and no open database
+connections. If the stage dies, the process sees the pipe close, closes the parent run FAILED,
+and ends. (Being spawned, it imports the caller's main module again: a script that starts a
+``Tracker`` needs the usual ``if __name__ == "__main__":`` guard.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import signal
-import sys
 import traceback
+from collections.abc import Callable, Iterable, Mapping
 from multiprocessing.connection import Connection
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
 
 from pipeline.tracking import TrackingUnavailable
+
+if TYPE_CHECKING:  # MLflow: imported in the MLflow process only
+    from pipeline.records import Recorder
 
 # How long closing waits for the process to finish what it was sent (a FAILED close against a
 # dead server waits out MLflow's HTTP retries).
 CLOSE_TIMEOUT_S = 120
 
+T = TypeVar("T")
+P = ParamSpec("P")
+RunStatus = Literal["FINISHED", "FAILED"]
+
 
 class RecordError(Exception):
-    """A call failed in the background process; ``kind`` says how, ``message`` what."""
+    """A record failed in the MLflow process: ``operation`` names it, ``message`` says what."""
 
-    def __init__(self, call: str, kind: str, message: str) -> None:
-        super().__init__(f"{call}: {message}")
-        self.call, self.kind, self.message = call, kind, message
+    def __init__(self, operation: str, message: str) -> None:
+        super().__init__(f"{operation}: {message}")
+        self.operation, self.message = operation, message
+
+
+class StoreUnavailable(RecordError):
+    """The store could not be opened (or was never opened): nothing was recorded."""
+
+
+class StoreLost(RecordError):
+    """The store failed after it was opened: an MLflow or OS error, first line only."""
+
+
+class Refused(RecordError):
+    """Not attempted: an earlier record failed."""
+
+
+class ProcessEnded(RecordError):
+    """The MLflow process ended before it answered."""
+
+
+class RecordBug(RecordError):
+    """Any other exception: a bug in the recording code; ``message`` is its traceback."""
+
+
+class Reply(Generic[T]):
+    """The answer to one record, once the MLflow process has sent it."""
+
+    def __init__(self, tracker: Tracker, operation: str) -> None:
+        self._tracker, self.operation = tracker, operation
+        self.done = False
+        self._value: Any = None
+        self._error: RecordError | None = None
+
+    def get(self) -> T:
+        """Wait for this answer (and every one before it); raise the ``RecordError`` it was."""
+        while not self.done:
+            self._tracker._receive()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def _settle(self, error: type[RecordError] | None, value: Any) -> None:
+        self.done = True
+        if error is None:
+            self._value = value
+        else:
+            self._error = error(self.operation, value)
+            raise self._error
+
+
+class _Session:
+    """What the MLflow process does for each record. Runs there, never in the stage."""
+
+    def __init__(self) -> None:
+        from pipeline import records  # MLflow: seconds to import, spent in this process
+
+        self.records = records
+        self.recorder: Recorder | None = None
+
+    def _opened(self) -> Recorder:
+        if self.recorder is None:
+            raise TrackingUnavailable("no recorder: the store was never opened")
+        return self.recorder
+
+    def open_store(self, uri: str, experiment: str, pid: int) -> tuple[str, ...]:
+        self.recorder = self.records.Recorder(uri, experiment, pid)
+        return tuple(self.recorder.reaped)
+
+    def start_parent(self, name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
+        return self._opened().start(name, params, tags)
+
+    def log_child(
+        self,
+        name: str,
+        params: Mapping[str, str],
+        tags: Mapping[str, str],
+        series: Mapping[str, Iterable[float]],
+        final: Mapping[str, float],
+        artifacts: Mapping[str, Path],
+    ) -> str:
+        return self._opened().child(name, params, tags, series, final, artifacts)
+
+    def attach_text(self, text: str, name: str) -> None:
+        self._opened().attach_text(text, name)
+
+    def tag_parent(self, key: str, value: str) -> None:
+        self._opened().tag(key, value)
+
+    def finish_parent(self, status: RunStatus, reason: str | None = None) -> None:
+        self._opened().finish(status, reason)
+
+    def find_train_run(self, uri: str, experiment: str, metrics_digest: str) -> str | None:
+        return self.records.find_train_run(uri, experiment, metrics_digest)
+
+    def attach_files(self, uri: str, run_id: str, paths: list[Path], folder: str) -> None:
+        self.records.attach_files(uri, run_id, paths, folder)
+
+    def abandon(self) -> None:
+        """The stage is gone: close its parent run FAILED (a no-op once it was finished)."""
+        if self.recorder is not None:
+            self.recorder.finish("FAILED", "the train process ended before finishing")
 
 
 def _serve(connection: Connection) -> None:
-    # Ctrl-C reaches the whole process group: the stage decides, and sends `finish`.
+    # Ctrl-C reaches the whole process group: the stage decides, and sends `finish_parent`.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from mlflow.exceptions import MlflowException
 
-    from pipeline import records
     from pipeline.tracking import first_line
 
-    def reply(*answer: Any) -> None:
-        # The stage may have stopped listening (it failed): carry on to `finish` regardless.
+    def reply(error: type[RecordError] | None, value: Any) -> None:
+        # The stage may have stopped listening (it failed): carry on to `finish_parent`.
         with contextlib.suppress(OSError):
-            connection.send(answer)
+            connection.send((error, value))
 
-    recorder: records.Recorder | None = None
+    session = _Session()
     failed = False
     while True:
         try:
-            target, name, args = connection.recv()
-        except EOFError:  # no more calls; without `finish` among them, the stage died
-            if recorder is not None:
-                recorder.finish("FAILED", "the train process ended before finishing")
-            # Every call was synchronous and is committed: skip MLflow's teardown (about 0.7 s,
-            # which the stage would wait for).
-            sys.stderr.flush()
-            os._exit(0)
-        if failed and name != "finish":
-            reply("error", "skipped", "an earlier call failed")
-            continue
-        if target == "recorder" and recorder is None:
-            reply("error", "unavailable", "no recorder: the store was never opened")
+            operation, args, kwargs = connection.recv()
+        except EOFError:  # no more records; without `finish_parent` among them, the stage died
+            session.abandon()
+            return
+        if failed and operation is not _Session.finish_parent:
+            reply(Refused, "an earlier record failed")
             continue
         try:
-            owner = records if target == "records" else recorder
-            result: Any = getattr(owner, name)(*args)
-            if isinstance(result, records.Recorder):
-                recorder, result = result, list(result.reaped)
-            reply("ok", "", result)
+            reply(None, operation(session, *args, **kwargs))
         except TrackingUnavailable as error:
             failed = True
-            reply("error", "unavailable", str(error))
+            reply(StoreUnavailable, str(error))
         except (MlflowException, OSError) as error:
             failed = True
-            reply("error", "store", first_line(error))
+            reply(StoreLost, first_line(error))
         except Exception:
             failed = True
-            reply("error", "bug", traceback.format_exc())
+            reply(RecordBug, traceback.format_exc())
 
 
-class Background:
-    """The process and its pipe: ``call`` and ``record`` return at once; ``wait`` collects."""
+class Tracker:
+    """The stage's side of the MLflow process: a method per record, each returning at once."""
 
     def __init__(self) -> None:
         context = multiprocessing.get_context("spawn")
@@ -98,61 +195,98 @@ class Background:
         )
         self._process.start()
         theirs.close()
-        self._pending: list[str] = []
-        self.sent: set[str] = set()  # the names of the calls sent so far
-        self.answers: dict[str, Any] = {}  # the latest answer of each call, by name
+        self._pending: list[Reply[Any]] = []
+        self._sent_any = False
 
-    def call(self, name: str, *args: Any) -> None:
-        """Call ``pipeline.records.<name>``; a ``Recorder`` it returns becomes the recorder."""
-        self._send("records", name, args)
+    def open_store(self, uri: str, experiment: str, pid: int) -> Reply[tuple[str, ...]]:
+        """Open the store for the runs of process ``pid``; the answer: the ids of the runs a
+        killed train left RUNNING, now marked FAILED."""
+        return self._send(_Session.open_store, uri, experiment, pid)
 
-    def record(self, name: str, *args: Any) -> None:
-        """Call a method of the recorder that an earlier ``call`` opened."""
-        self._send("recorder", name, args)
+    def start_parent(
+        self, name: str, params: Mapping[str, str], tags: Mapping[str, str]
+    ) -> Reply[str]:
+        """Open the parent run; the answer: its id."""
+        return self._send(_Session.start_parent, name, params, tags)
 
-    def _send(self, target: str, name: str, args: tuple) -> None:
+    def log_child(
+        self,
+        name: str,
+        params: Mapping[str, str],
+        tags: Mapping[str, str],
+        series: Mapping[str, Iterable[float]],
+        final: Mapping[str, float],
+        artifacts: Mapping[str, Path],
+    ) -> Reply[str]:
+        """Log one finished run whole under the parent; the answer: its id."""
+        return self._send(_Session.log_child, name, params, tags, series, final, artifacts)
+
+    def attach_text(self, text: str, name: str) -> Reply[None]:
+        """A text file on the parent run."""
+        return self._send(_Session.attach_text, text, name)
+
+    def tag_parent(self, key: str, value: str) -> Reply[None]:
+        return self._send(_Session.tag_parent, key, value)
+
+    def finish_parent(self, status: RunStatus, reason: str | None = None) -> Reply[None]:
+        """Close the parent run; sent even after a failed record."""
+        return self._send(_Session.finish_parent, status, reason)
+
+    def find_train_run(self, uri: str, experiment: str, metrics_digest: str) -> Reply[str | None]:
+        """The newest train parent run whose metrics file had this digest, if any."""
+        return self._send(_Session.find_train_run, uri, experiment, metrics_digest)
+
+    def attach_files(self, uri: str, run_id: str, paths: list[Path], folder: str) -> Reply[None]:
+        return self._send(_Session.attach_files, uri, run_id, paths, folder)
+
+    def _send(
+        self, operation: Callable[Concatenate[_Session, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> Reply[T]:
+        # The operation travels as a reference to the _Session method: pickled by name.
+        reply: Reply[T] = Reply(self, operation.__name__)
         try:
-            self._connection.send((target, name, args))
+            self._connection.send((operation, args, kwargs))
         except OSError:
-            raise self._died(name) from None
-        self._pending.append(name)
-        self.sent.add(name)
+            raise self._ended(reply.operation) from None
+        self._pending.append(reply)
+        self._sent_any = True
+        return reply
 
     def poll(self) -> None:
-        """Raise now if a call answered so far failed; never waits."""
+        """Raise now if a record answered so far failed; never waits."""
         while self._pending and self._connection.poll():
             self._receive()
 
     def wait(self) -> None:
-        """Wait for every call sent; raise ``RecordError`` for the first that failed."""
+        """Wait for every record sent; raise the ``RecordError`` of the first that failed."""
         while self._pending:
             self._receive()
 
     def _receive(self) -> None:
+        reply = self._pending[0]
         try:
-            status, kind, value = self._connection.recv()
+            error, value = self._connection.recv()
         except EOFError:
-            raise self._died(self._pending[0]) from None
-        name = self._pending.pop(0)
-        if status == "error":
-            raise RecordError(name, kind, value)
-        self.answers[name] = value
+            raise self._ended(reply.operation) from None
+        self._pending.pop(0)
+        reply._settle(error, value)
 
-    def _died(self, call: str) -> RecordError:
+    def _ended(self, operation: str) -> ProcessEnded:
         self._process.join(5)
-        return RecordError(call, "died", f"the MLflow process ended ({self._process.exitcode})")
+        message = f"the MLflow process ended ({self._process.exitcode})"
+        return ProcessEnded(operation, message)
 
     def close(self) -> None:
         """Let the process finish what it was sent, then end it."""
         self._connection.close()
-        if not self.sent:  # e.g. the params were invalid: no need to wait for its imports
+        if not self._sent_any:  # e.g. the params were invalid: no need to wait for its imports
             self._process.terminate()
         self._process.join(CLOSE_TIMEOUT_S)
         if self._process.is_alive():
             self._process.terminate()
             self._process.join()
 
-    def __enter__(self) -> Background:
+    def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -1,12 +1,14 @@
-"""Many runs as one computation: stacked LogicNets, one batched optimizer step, per-run rates.
+"""Many runs as one computation: stacked LogicNets, one batched optimizer step, rates per replicate.
 
-Run ``r`` is a schedule spec and a seed. Its weights start exactly as
-:func:`pipeline.training.initial_model` draws them for that seed, its data come from that seed,
-and its learning rates are the very sequence torch's scheduler produces: schedules that do not
-watch the loss are precomputed with :func:`pipeline.schedules.preview` (torch's own classes);
-ReduceLROnPlateau runs keep one real torch scheduler each, fed the run's loss every step. Only
-the arithmetic is batched, so each run equals its ``torch.optim`` + ``lr_scheduler`` twin
-(:func:`pipeline.training.train_one`) to float32 rounding.
+The batch trains replicates: one seed of one named run each (:class:`Replicate`). A replicate's
+weights start exactly as :func:`pipeline.training.initial_model` draws them for its seed, its
+data come from that seed, and its learning rates are the very sequence torch's scheduler
+produces: schedules that do not watch the loss are precomputed with
+:func:`pipeline.schedules.preview` (torch's own classes); ReduceLROnPlateau replicates keep one
+real torch scheduler each, fed their loss every step. Only the arithmetic is batched, so each
+replicate equals its ``torch.optim`` + ``lr_scheduler`` twin
+(:func:`pipeline.reference.train_reference`) to float32 rounding. :func:`run_results` then
+groups the replicates back into the named runs of params.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pipeline.data import Dataset
 from pipeline.model import LAYER_NAMES, LogicNet, param_groups
 from pipeline.optim import make_optimizer
 from pipeline.params import Params
+from pipeline.results import RunResult
 from pipeline.schedules import Schedule, ScheduleSpec, trace
 from pipeline.training import initial_model, tensors
 
@@ -31,8 +34,9 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which 
 
 
 @dataclass(frozen=True)
-class Arm:
-    """One run of a batch: a schedule, the seed of its weights and data, its rate and noise."""
+class Replicate:
+    """One seed of a named run, the unit the batch trains: a schedule, the seed of its weights
+    and data, the rate it starts from and the noise of its data."""
 
     spec: ScheduleSpec
     seed: int
@@ -46,15 +50,15 @@ class Arm:
 
 @dataclass(frozen=True)
 class BatchResult:
-    arms: tuple[Arm, ...]
-    rates: np.ndarray  # (runs, epochs, 2): the rate of each layer's update i
-    losses: np.ndarray  # (runs, epochs): the whole train set's loss before update i
+    replicates: tuple[Replicate, ...]
+    rates: np.ndarray  # (replicates, epochs, 2): the rate of each layer's update i
+    losses: np.ndarray  # (replicates, epochs): the whole train set's loss before update i
     state_dicts: tuple[dict[str, torch.Tensor], ...]
-    batch_sizes: np.ndarray  # (runs, epochs): points each update trained on
+    batch_sizes: np.ndarray  # (replicates, epochs): points each update trained on
 
 
 class _Stack:
-    """LogicNet weights of every run, stacked on a leading run axis."""
+    """LogicNet weights of every replicate, stacked on a leading axis."""
 
     def __init__(self, models: Sequence[LogicNet], device: torch.device) -> None:
         def stacked(name: str) -> torch.Tensor:
@@ -74,24 +78,26 @@ class _Stack:
 
 
 class _Rates:
-    """Each run's rate and momentum per layer at each step, from torch's schedulers."""
+    """Each replicate's rate and momentum per layer at each step, from torch's schedulers."""
 
-    def __init__(self, arms: Sequence[Arm], params: Params) -> None:
+    def __init__(self, replicates: Sequence[Replicate], params: Params) -> None:
         train = params.train
         self.epochs = train.epochs
-        self.table = np.empty((len(arms), train.epochs, 2))
-        self.momenta = np.empty((len(arms), train.epochs, 2))
+        self.table = np.empty((len(replicates), train.epochs, 2))
+        self.momenta = np.empty((len(replicates), train.epochs, 2))
         self.plateaus: list[tuple[int, Schedule]] = []
-        for index, arm in enumerate(arms):
-            if arm.spec.monitor is not None:
+        for index, replicate in enumerate(replicates):
+            if replicate.spec.monitor is not None:
                 # A real optimizer, never stepped on real weights: only its rates are read.
                 model = LogicNet(hiddendim=params.model.hidden_dim)
-                groups = param_groups(model, arm.spec.per_layer)
-                optimizer = make_optimizer(groups, train.optimizer, arm.lr, train.momentum)
-                self.plateaus.append((index, Schedule(arm.spec, optimizer, train.epochs)))
+                groups = param_groups(model, replicate.spec.per_layer)
+                optimizer = make_optimizer(groups, train.optimizer, replicate.lr, train.momentum)
+                self.plateaus.append((index, Schedule(replicate.spec, optimizer, train.epochs)))
                 continue
             # trace() keeps each schedule's trace: the seeds of one schedule share it.
-            rates, momenta = trace(arm.spec, train.epochs, arm.lr, train.optimizer, train.momentum)
+            rates, momenta = trace(
+                replicate.spec, train.epochs, replicate.lr, train.optimizer, train.momentum
+            )
             self.table[index] = np.repeat(rates, 2 // rates.shape[1], axis=1)
             self.momenta[index] = np.repeat(momenta, 2 // momenta.shape[1], axis=1)
 
@@ -108,41 +114,41 @@ class _Rates:
 
 
 def train_batch(
-    arms: Sequence[Arm],
+    replicates: Sequence[Replicate],
     params: Params,
     datasets: Mapping[tuple[int, float], Dataset],
     device: torch.device,
     on_step: Callable[[int], None] = lambda step: None,
 ) -> BatchResult:
-    """Train every arm at once; ``datasets[arm.data_key]`` is the train set of an arm."""
-    models = [initial_model(params, torch.device("cpu"), seed=arm.seed) for arm in arms]
+    """Train every replicate at once; ``datasets[replicate.data_key]`` is its train set."""
+    models = [initial_model(params, torch.device("cpu"), seed=r.seed) for r in replicates]
     stack = _Stack(models, device)
-    pairs = [tensors(datasets[arm.data_key], device) for arm in arms]
+    pairs = [tensors(datasets[replicate.data_key], device) for replicate in replicates]
     x = torch.stack([features for features, _ in pairs])
     y = torch.stack([labels for _, labels in pairs])
-    runs, samples = y.shape
-    rates = _Rates(arms, params)
+    count, samples = y.shape
+    rates = _Rates(replicates, params)
     optimizer = _BatchedOptimizer(stack, params, device)
 
-    batches = _MiniBatches(arms, params.train.epochs, samples, device)
+    batches = _MiniBatches(replicates, params.train.epochs, samples, device)
 
-    losses = torch.empty(runs, params.train.epochs, dtype=torch.float32, device=device)
+    losses = torch.empty(count, params.train.epochs, dtype=torch.float32, device=device)
     needs_values = bool(rates.plateaus)
     for step in range(params.train.epochs):
         lr, momenta = rates.at(step)
         logits = stack.logits(x)
         per_sample = F.cross_entropy(logits.reshape(-1, 2), y.reshape(-1), reduction="none")
-        per_sample = per_sample.view(runs, samples)
-        run_losses = per_sample.mean(dim=1)
-        losses[:, step] = run_losses.detach()
+        per_sample = per_sample.view(count, samples)
+        full_losses = per_sample.mean(dim=1)
+        losses[:, step] = full_losses.detach()
         for tensor in stack.tensors:
             tensor.grad = None
-        objective = batches.objective(step, per_sample, run_losses)
-        objective.sum().backward()  # runs share no weights: each gets its own gradient
+        objective = batches.objective(step, per_sample, full_losses)
+        objective.sum().backward()  # replicates share no weights: each gets its own gradient
         optimizer.step(lr, momenta)
-        if needs_values:  # one device sync per step, only when a run watches its loss
+        if needs_values:  # one device sync per step, only when a replicate watches its loss
             accuracy = (logits.argmax(dim=2) == y).float().mean(dim=1)
-            rates.advance(step, run_losses.detach().cpu().numpy(), accuracy.cpu().numpy())
+            rates.advance(step, full_losses.detach().cpu().numpy(), accuracy.cpu().numpy())
         on_step(step)
 
     state_dicts = tuple(
@@ -150,10 +156,10 @@ def train_batch(
             name: t[index].detach().cpu().clone()
             for name, t in zip(stack.names, stack.tensors, strict=True)
         }
-        for index in range(runs)
+        for index in range(count)
     )
     return BatchResult(
-        tuple(arms),
+        tuple(replicates),
         rates.table.copy(),
         losses.cpu().numpy().astype(np.float64),
         state_dicts,
@@ -162,15 +168,17 @@ def train_batch(
 
 
 class _MiniBatches:
-    """Which points each run's update trains on: all of them, or its ``batch_size`` schedule's."""
+    """The points each replicate's update trains on: all, or its ``batch_size`` schedule's."""
 
-    def __init__(self, arms: Sequence[Arm], epochs: int, samples: int, device: torch.device):
-        self.rows = [index for index, arm in enumerate(arms) if arm.spec.mini_batch]
+    def __init__(
+        self, replicates: Sequence[Replicate], epochs: int, samples: int, device: torch.device
+    ):
+        self.rows = [index for index, r in enumerate(replicates) if r.spec.mini_batch]
         self.samplers = [
-            minibatch.Sampler(arms[index].spec, epochs, samples, arms[index].seed)
+            minibatch.Sampler(replicates[index].spec, epochs, samples, replicates[index].seed)
             for index in self.rows
         ]
-        self.sizes = np.full((len(arms), epochs), samples, dtype=np.int64)
+        self.sizes = np.full((len(replicates), epochs), samples, dtype=np.int64)
         for row, sampler in zip(self.rows, self.samplers, strict=True):
             self.sizes[row] = sampler.sizes
         self.index = torch.tensor(self.rows, dtype=torch.long, device=device)
@@ -179,7 +187,7 @@ class _MiniBatches:
     def objective(
         self, step: int, per_sample: torch.Tensor, full_batch: torch.Tensor
     ) -> torch.Tensor:
-        """Each run's loss to minimise: the whole set's mean, or the mean over its batch."""
+        """Each replicate's loss to minimise: the whole set's mean, or the mean over its batch."""
         if not self.rows:
             return full_batch
         # Gathered in the batch's own order and averaged, as the twin's criterion on x[batch]
@@ -196,7 +204,7 @@ class _MiniBatches:
 
 
 class _BatchedOptimizer:
-    """torch.optim.Adam (or SGD) arithmetic, with a rate per run and layer."""
+    """torch.optim.Adam (or SGD) arithmetic, with a rate per replicate and layer."""
 
     def __init__(self, stack: _Stack, params: Params, device: torch.device) -> None:
         self.stack, self.kind, self.device = stack, params.train.optimizer, device
@@ -205,7 +213,7 @@ class _BatchedOptimizer:
         self.second = [torch.zeros_like(t) for t in stack.tensors]
         self.buffers: list[torch.Tensor | None] = [None] * len(stack.tensors)
 
-    def _per_run(self, values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    def _per_replicate(self, values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
         shape = (-1,) + (1,) * (like.dim() - 1)
         return torch.as_tensor(values, dtype=like.dtype, device=self.device).view(shape)
 
@@ -217,61 +225,33 @@ class _BatchedOptimizer:
         for index, tensor in enumerate(self.stack.tensors):
             layer = self.stack.layer_of(index)
             rate, momentum, grad = lr[:, layer], momenta[:, layer], tensor.grad
+            assert grad is not None, "step() follows backward(): every weight has a gradient"
             if self.kind == "sgd":
                 if momentum.any():
                     buffer = self.buffers[index]
                     if buffer is None:
                         buffer = grad.clone()
                     else:
-                        buffer.mul_(self._per_run(momentum, grad)).add_(grad)
+                        buffer.mul_(self._per_replicate(momentum, grad)).add_(grad)
                     self.buffers[index] = grad = buffer
-                tensor.sub_(grad * self._per_run(rate, tensor))
+                tensor.sub_(grad * self._per_replicate(rate, tensor))
                 continue
-            # Adam as torch computes it, with beta1 per run (OneCycleLR and CyclicLR cycle it).
+            # Adam as torch computes it, beta1 per replicate (OneCycleLR and CyclicLR cycle it).
             first, second = self.first[index], self.second[index]
-            first.lerp_(grad, self._per_run(1 - momentum, grad))
+            first.lerp_(grad, self._per_replicate(1 - momentum, grad))
             second.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (portable.sqrt(second) / correction2_sqrt).add_(ADAM_EPS)
             step_size = rate / (1 - momentum**self.count)
-            tensor.sub_(first / denom * self._per_run(step_size, tensor))
+            tensor.sub_(first / denom * self._per_replicate(step_size, tensor))
 
 
-@dataclass(frozen=True)
-class ScheduleResult:
-    """Every seed of one run; ``final`` holds means (and ``*_ci95`` with several seeds)."""
-
-    name: str  # the run's name: the schedule's, with its grid point when there is a grid
-    schedule: str
-    lr: float
-    noise: float
-    groups: tuple[str, ...]
-    seeds: tuple[int, ...]
-    rates: np.ndarray  # (seeds, epochs, groups)
-    losses: np.ndarray  # (seeds, epochs)
-    state_dicts: tuple[dict[str, torch.Tensor], ...]
-    finals: dict[str, np.ndarray]  # metric -> (seeds,)
-    batch_sizes: np.ndarray | None = None  # (epochs,), for a ``batch_size`` schedule
-
-    @property
-    def final(self) -> dict[str, float]:
-        from pipeline.stats import mean_interval
-
-        summary: dict[str, float] = {}
-        for key, values in self.finals.items():
-            mean, half_width = mean_interval(values)
-            summary[key] = float(mean)
-            if len(self.seeds) > 1:
-                summary[f"{key}_ci95"] = float(half_width)
-        return summary
-
-
-def by_schedule(
+def run_results(
     batch: BatchResult,
     params: Params,
     train_sets: Mapping[tuple[int, float], Dataset],
     test_sets: Mapping[float, Dataset],
-) -> list[ScheduleResult]:
-    """Group a batch's arms into the named runs of ``params.runs``, with final metrics.
+) -> list[RunResult]:
+    """Group a batch's replicates into the named runs of ``params.runs``, with final metrics.
 
     ``test_sets[noise]`` is the test set of a noise level.
     """
@@ -280,33 +260,33 @@ def by_schedule(
     cpu = torch.device("cpu")
     results = []
     for run in params.runs:
-        spec, variant = run.spec, run.variant
+        spec, point = run.spec, run.point
         indices = [
             i
-            for i, arm in enumerate(batch.arms)
-            if (arm.spec.name, arm.lr, arm.noise) == (spec.name, variant.lr, variant.noise)
+            for i, r in enumerate(batch.replicates)
+            if (r.spec.name, r.lr, r.noise) == (spec.name, point.lr, point.noise)
         ]
         finals: dict[str, list[float]] = {}
         for index in indices:
             model = LogicNet(hiddendim=params.model.hidden_dim)
             model.load_state_dict(batch.state_dicts[index])
-            arm = batch.arms[index]
+            replicate = batch.replicates[index]
             values = evaluate(
-                model, *tensors(train_sets[arm.data_key], cpu),
-                *tensors(test_sets[arm.noise], cpu),
+                model, *tensors(train_sets[replicate.data_key], cpu),
+                *tensors(test_sets[replicate.noise], cpu),
             )  # fmt: skip
             values["final_lr"] = float(batch.rates[index, -1, 0])
             for key, value in values.items():
                 finals.setdefault(key, []).append(value)
         groups = spec.groups
         results.append(
-            ScheduleResult(
+            RunResult(
                 name=run.name,
                 schedule=spec.name,
-                lr=variant.lr,
-                noise=variant.noise,
+                lr=point.lr,
+                noise=point.noise,
                 groups=groups,
-                seeds=tuple(batch.arms[i].seed for i in indices),
+                seeds=tuple(batch.replicates[i].seed for i in indices),
                 rates=batch.rates[indices][:, :, : len(groups)],
                 losses=batch.losses[indices],
                 state_dicts=tuple(batch.state_dicts[i] for i in indices),

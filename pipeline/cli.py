@@ -9,15 +9,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.params import Params, ParamsError, ScheduleCheck, load_params, try_schedules
+from pipeline.params import Params, ParamsError, ScheduleCheck, load_params
 from pipeline.tracking import TrackingUnavailable
 
 if TYPE_CHECKING:  # importing the stage imports torch
@@ -89,24 +88,19 @@ def generate(params_path: Path, train_path: Path, test_path: Path) -> None:
 
 @cli.command()
 @params_option
-@click.option("--train", "train_path", type=EXISTING, required=True, help="Train set CSV.")
-@click.option("--test", "test_path", type=EXISTING, required=True, help="Test set CSV.")
+@click.option("--train", "train_data", type=EXISTING, required=True, help="Train set CSV.")
+@click.option("--test", "test_data", type=EXISTING, required=True, help="Test set CSV.")
 @click.option(
     "--curves", "curves_dir", type=PATH, required=True, help="Folder for per-step tables."
 )
 @click.option(
     "--models", "models_dir", type=PATH, required=True, help="Folder for trained weights."
 )
-@click.option("--metrics", "metrics_path", type=PATH, required=True, help="Final metrics JSON.")
-@click.option(
-    "--steps", "steps_path", type=PATH, required=True, help="All runs' steps in one CSV, for DVC."
-)
-@click.option(
-    "--ranking", "ranking_path", type=PATH, required=True, help="The ranking table (markdown)."
-)
+@click.option("--metrics", type=PATH, required=True, help="Final metrics JSON.")
+@click.option("--steps", type=PATH, required=True, help="All runs' steps in one CSV, for DVC.")
+@click.option("--ranking", type=PATH, required=True, help="The ranking table (markdown).")
 @click.option(
     "--report",
-    "report_path",
     type=PATH,
     required=True,
     help="The report on the tutorial's claims (markdown; links the plot stage's figures).",
@@ -118,53 +112,63 @@ def generate(params_path: Path, train_path: Path, test_path: Path) -> None:
     show_default=True,
     help="Where the report links the figures, relative to the report.",
 )
-def train(
-    params_path: Path,
-    train_path: Path,
-    test_path: Path,
-    curves_dir: Path,
-    models_dir: Path,
-    metrics_path: Path,
-    steps_path: Path,
-    ranking_path: Path,
-    report_path: Path,
-    figures_link: str,
-) -> None:
+def train(params_path: Path, **paths: Any) -> None:
     """Stage train: train LogicNet under every schedule; record each run to MLflow."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from pipeline.background import Tracker
 
-    from pipeline.background import Background
-
-    # First thing: MLflow imports in another process while this one imports torch and trains.
-    with Background() as mlflow:
+    # First, before torch is imported (by the stage, and by parsing the schedules): MLflow
+    # imports in its own process meanwhile.
+    with Tracker() as tracker:
         from stages import train as stage
 
         params = _load(params_path, schedules="parse")
-        # Every name, type and argument is valid: the store opens while torch tries each
-        # schedule (a rate that blows up stops the stage here; the store then holds no run).
-        stage.open_store(params, mlflow)
-        with _params_errors():
-            try_schedules(params, str(params_path))
-        points = len(params.variants)
-        grid = f" x {points} grid points" if points > 1 else ""
-        click.echo(
-            f"training {len(params.schedules)} schedules{grid} x {params.train.seeds} seed(s) = "
-            f"{len(params.runs) * params.train.seeds} runs x {params.train.epochs} steps, "
-            "as one batch"
-        )
-        progress = Progress(
+        bar = _StepBar(params.train.epochs)
+        with _params_errors(), _tracking_errors(), bar:
+            summary = stage.run(
+                params,
+                stage.TrainPaths(params_path, **paths),
+                tracker,
+                on_start=lambda: bar.start(_train_plan(params)),
+                on_step=bar.step,
+            )
+    _echo_train_summary(summary)
+
+
+def _train_plan(params: Params) -> str:
+    points = len(params.grid)
+    grid = f" x {points} grid points" if points > 1 else ""
+    return (
+        f"training {len(params.schedules)} schedules{grid} x {params.train.seeds} seed(s) = "
+        f"{len(params.runs) * params.train.seeds} runs x {params.train.epochs} steps, "
+        "as one batch"
+    )
+
+
+class _StepBar:
+    """Training steps on stderr: drawn from ``start`` (once every schedule passed its trial),
+    gone when the ``with`` block ends."""
+
+    def __init__(self, total: int) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
             TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
             TimeRemainingColumn(), console=Console(stderr=True), transient=True,
         )  # fmt: skip
-        with _tracking_errors(), progress:
-            task = progress.add_task("train", total=params.train.epochs)
-            summary = stage.run(
-                params, train_path, test_path, curves_dir, models_dir, metrics_path, steps_path,
-                ranking_path, report_path,
-                on_step=lambda step: progress.update(task, completed=step + 1),
-                figures_dir=figures_link, mlflow=mlflow,
-            )  # fmt: skip
-    _echo_train_summary(summary)
+        self.task = self.progress.add_task("train", total=total)
+
+    def start(self, plan: str) -> None:
+        click.echo(plan)
+        self.progress.start()
+
+    def step(self, index: int) -> None:
+        self.progress.update(self.task, completed=index + 1)
+
+    def __enter__(self) -> _StepBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.stop()
 
 
 def _echo_train_summary(summary: TrainSummary) -> None:
@@ -195,35 +199,24 @@ def _echo_train_summary(summary: TrainSummary) -> None:
 
 @cli.command()
 @params_option
-@click.option("--train", "train_path", type=EXISTING, required=True, help="Train set CSV.")
-@click.option("--test", "test_path", type=EXISTING, required=True, help="Test set CSV.")
+@click.option("--train", "train_data", type=EXISTING, required=True, help="Train set CSV.")
+@click.option("--test", "test_data", type=EXISTING, required=True, help="Test set CSV.")
 @click.option("--curves", "curves_dir", type=EXISTING, required=True, help="Per-step tables.")
 @click.option("--models", "models_dir", type=EXISTING, required=True, help="Trained weights.")
-@click.option("--metrics", "metrics_path", type=EXISTING, required=True, help="Final metrics.")
+@click.option("--metrics", type=EXISTING, required=True, help="Final metrics.")
 @click.option("--figures", "figures_dir", type=PATH, required=True, help="Folder for the PNGs.")
-def plot(
-    params_path: Path,
-    train_path: Path,
-    test_path: Path,
-    curves_dir: Path,
-    models_dir: Path,
-    metrics_path: Path,
-    figures_dir: Path,
-) -> None:
+def plot(params_path: Path, **paths: Path) -> None:
     """Stage plot: render the comparison figures and attach them to the train run."""
-    from pipeline.background import Background
+    from pipeline.background import Tracker
 
-    # First thing: MLflow imports in another process while this one imports torch and draws.
-    with Background() as mlflow:
+    # First, before torch and matplotlib are imported: MLflow imports in its own process.
+    with Tracker() as tracker:
         from stages import plot as stage
 
         params = _load(params_path, schedules="parse")
         with _tracking_errors():
-            paths, run_id = stage.run(
-                params, train_path, test_path, curves_dir, models_dir, metrics_path, figures_dir,
-                mlflow,
-            )  # fmt: skip
-    for path in paths:
+            written, run_id = stage.run(params, stage.PlotPaths(**paths), tracker)
+    for path in written:
         click.echo(f"wrote {path}")
     if run_id:
         click.echo(f"attached to MLflow run {run_id}")
@@ -270,28 +263,17 @@ def preview(
     """
     import numpy as np
 
-    from pipeline import figures, files
-    from pipeline.schedules import preview as preview_rates
+    from pipeline import figures, files, lr_preview
 
     params = _load(params_path)
-    known = [spec.name for spec in params.schedules]
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise click.ClickException(
-            f"no schedule named {', '.join(unknown)} in {params_path}; known: {', '.join(known)}"
-        )
-    chosen = [params.schedule(name) for name in (names or known)]
     epochs = steps or params.train.epochs
-    train = params.train
-    curves = {}
-    rates_grid = sorted({variant.lr for variant in params.variants}, reverse=True)
-    for lr in rates_grid:  # a grid over train.lr: each schedule from each rate
-        for spec in chosen:
-            name = spec.name + (f"@lr={lr:g}" if len(rates_grid) > 1 else "")
-            rates = preview_rates(spec, epochs, lr, train.optimizer, train.momentum)
-            curves[name] = {"step": np.arange(epochs), "lr": rates[:, 0]}
-            if rates.shape[1] > 1:
-                curves[name].update({f"lr/{g}": rates[:, i] for i, g in enumerate(spec.groups)})
+    try:
+        curves = lr_preview.curves(params, names, epochs)
+    except lr_preview.UnknownSchedules as error:
+        raise click.ClickException(
+            f"no schedule named {', '.join(error.unknown)} in {params_path}; "
+            f"known: {', '.join(error.known)}"
+        ) from None
     shown = np.unique(np.linspace(0, epochs - 1, points).round().astype(int))
     table = Table("schedule \\ step", *map(str, shown), box=None)
     for name, curve in curves.items():
@@ -339,19 +321,5 @@ def ui(host: str, port: int) -> None:
 
 
 def main() -> None:
-    """The ``lrsched`` command: the CLI, then an exit that skips the interpreter's teardown.
-
-    Tearing down torch, or MLflow in the background process, takes 0.4-0.8 s per process and
-    saves nothing: every output is already written and renamed into place, and every record is
-    committed. Standard streams are flushed; the exit status is click's.
-    """
-    try:
-        cli.main()
-        status = 0
-    except SystemExit as exit:
-        status = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
-        if isinstance(exit.code, str):
-            print(exit.code, file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+    """The ``lrsched`` command."""
+    cli()

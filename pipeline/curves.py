@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import files
-from pipeline.batched import ScheduleResult
+from pipeline.results import RunResult
 from pipeline.stats import mean_interval
 
 
-def series(result: ScheduleResult) -> dict[str, np.ndarray]:
-    """The named per-step series of a schedule, as logged to MLflow and written to CSV.
+def series(result: RunResult) -> dict[str, np.ndarray]:
+    """The named per-step series of a run, as logged to MLflow and written to CSV.
 
     With one seed, ``lr`` and ``loss`` are that run's. With several, they are means over seeds,
     and ``loss_low`` and ``loss_high`` bound the 95% interval of the mean loss.
@@ -46,7 +46,7 @@ def to_csv(named: dict[str, np.ndarray]) -> str:
     return buffer.getvalue()
 
 
-def long_table(results: list[ScheduleResult]) -> str:
+def long_table(results: list[RunResult]) -> str:
     """Every run in one table, ``step,scheduler,lr,loss``: DVC draws a line per scheduler."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -59,7 +59,7 @@ def long_table(results: list[ScheduleResult]) -> str:
     return buffer.getvalue()
 
 
-def write(result: ScheduleResult, folder: Path) -> Path:
+def write(result: RunResult, folder: Path) -> Path:
     path = folder / f"{result.name}.csv"
     files.write_text(path, to_csv(series(result)))
     return path

@@ -42,7 +42,10 @@ _BINARY = {
     ast.Mod: operator.mod,
     ast.Pow: operator.pow,
 }
-_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+_UNARY: dict[type[ast.unaryop], Callable[[float], float]] = {
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+}
 
 Env = dict[str, float]
 
@@ -91,7 +94,12 @@ def parse(source: str) -> Expression:
 
 
 def _compile(node: ast.AST, source: str) -> Callable[[Env], float]:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+    # int or float only: True and False are ints to isinstance, but not numbers in a rule.
+    if (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, int | float)
+        and not isinstance(node.value, bool)
+    ):
         try:
             value = float(node.value)
         except OverflowError:
@@ -113,8 +121,8 @@ def _compile(node: ast.AST, source: str) -> Callable[[Env], float]:
         )
         return lambda env: _checked(apply(left(env), right(env)))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        apply, operand = _UNARY[type(node.op)], _compile(node.operand, source)
-        return lambda env: apply(operand(env))
+        unary, operand = _UNARY[type(node.op)], _compile(node.operand, source)
+        return lambda env: unary(operand(env))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS:
         if node.keywords:
             raise ExpressionError(f"{source!r}: functions take positional arguments only")

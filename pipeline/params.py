@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -113,7 +114,7 @@ class _RawParams(_Frozen):
 
 
 @dataclass(frozen=True)
-class Variant:
+class GridPoint:
     """One point of the grid: the rate every schedule starts from and the data's noise."""
 
     lr: float
@@ -127,7 +128,7 @@ class Run:
 
     name: str
     spec: ScheduleSpec
-    variant: Variant
+    point: GridPoint
 
 
 def _axis_values(value: float | tuple[float, ...]) -> tuple[float, ...]:
@@ -153,33 +154,33 @@ class Params:
         return [self.seed + offset for offset in range(self.train.seeds)]
 
     @property
-    def variants(self) -> list[Variant]:
+    def grid(self) -> list[GridPoint]:
         """The grid over ``train.lr`` x ``data.noise``; one point when both are numbers."""
         lrs, noises = _axis_values(self.train.lr), _axis_values(self.data.noise)
         points = []
         for noise in noises:
             for lr in lrs:
                 parts = [f"lr={lr:g}"] * (len(lrs) > 1) + [f"noise={noise:g}"] * (len(noises) > 1)
-                points.append(Variant(lr, noise, "@" + ",".join(parts) if parts else ""))
+                points.append(GridPoint(lr, noise, "@" + ",".join(parts) if parts else ""))
         return points
 
     @property
     def runs(self) -> list[Run]:
         """Every named run, grid point by grid point, schedules in file order."""
         return [
-            Run(spec.name + variant.label, spec, variant)
-            for variant in self.variants
+            Run(spec.name + point.label, spec, point)
+            for point in self.grid
             for spec in self.schedules
         ]
 
-    def at(self, variant: Variant) -> Params:
+    def at(self, point: GridPoint) -> Params:
         """These params at one grid point: ``train.lr`` and ``data.noise`` single numbers."""
         from dataclasses import replace
 
         return replace(
             self,
-            train=self.train.model_copy(update={"lr": variant.lr}),
-            data=self.data.model_copy(update={"noise": variant.noise}),
+            train=self.train.model_copy(update={"lr": point.lr}),
+            data=self.data.model_copy(update={"noise": point.noise}),
         )
 
     def schedule(self, name: str) -> ScheduleSpec:
@@ -326,14 +327,14 @@ def _format_errors(error: ValidationError, source: str) -> str:
     return f"{source} is invalid:\n" + "\n".join(f"  - {line}" for line in lines)
 
 
-def _without_union_noise(errors: list[dict]) -> list[dict]:
+def _without_union_noise(errors: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """A number-or-list key (train.lr, data.noise) fails as both; report the form the user chose.
 
     pydantic names each member of the union in the error's location ("constrained-float",
     "tuple[...]"); those names are dropped, and of the two failures only the one matching the
     value's form (a list or a single value) is kept.
     """
-    kept = []
+    kept: list[Mapping[str, Any]] = []
     for item in errors:
         loc = list(item["loc"])
         member = next((part for part in loc if _is_union_member(part)), None)

@@ -178,10 +178,15 @@ class Recorder:
 
     def attach_text(self, text: str, name: str) -> None:
         """A text file on the parent run (the ranking table)."""
-        self.client.log_text(self.parent_id, text, name)
+        self.client.log_text(self._parent(), text, name)
 
     def tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.parent_id, key, value)
+        self.client.set_tag(self._parent(), key, value)
+
+    def _parent(self) -> str:
+        if self.parent_id is None:
+            raise RuntimeError("the parent run is not started yet: call start() first")
+        return self.parent_id
 
     def child(
         self,

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.batched import ScheduleResult
 from pipeline.params import Params
+from pipeline.results import RunResult
 from pipeline.stats import steps_to, wilcoxon_p
 
 SUPPORTS, CONTRADICTS, INCONCLUSIVE = "supports", "contradicts", "inconclusive"
@@ -58,9 +58,7 @@ class Claim:
     evidence: tuple[str, ...]
 
 
-def compare(
-    measure: str, better: ScheduleResult, worse: ScheduleResult, values, alpha: float
-) -> Comparison:
+def compare(measure: str, better: RunResult, worse: RunResult, values, alpha: float) -> Comparison:
     """Is ``values(better)`` lower than ``values(worse)``, seed by seed?"""
     ours, theirs = values(better), values(worse)
     differences = ours - theirs
@@ -88,17 +86,17 @@ def _verdict(parts: list[Comparison]) -> str:
     return "inconclusive"
 
 
-def check_claims(results: list[ScheduleResult], params: Params) -> list[Claim]:
+def check_claims(results: list[RunResult], params: Params) -> list[Claim]:
     analysis, epochs = params.analysis, params.train.epochs
 
-    def speed(result: ScheduleResult) -> np.ndarray:
+    def speed(result: RunResult) -> np.ndarray:
         steps = steps_to(result.losses, analysis.target_loss)
         return np.where(np.isnan(steps), epochs, steps)
 
-    def precision(result: ScheduleResult) -> np.ndarray:
+    def precision(result: RunResult) -> np.ndarray:
         return result.finals["final_loss"]
 
-    def runs(kind: str | None = None, decay: bool = False) -> list[ScheduleResult]:
+    def runs(kind: str | None = None, decay: bool = False) -> list[RunResult]:
         noise = results[0].noise  # the first noise level: claims compare runs on the same data
         chosen = []
         for result in results:

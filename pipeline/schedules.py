@@ -31,9 +31,13 @@ BUILTIN_TYPES = {
     "batch_size": "the rate stays put; the mini-batch grows instead: initial points, times factor"
     " every `every` updates, up to the whole train set (the tutorial's alternative to decay)",
 }
-MANUAL_DEFAULTS = {"every": 50, "factor": 0.99}
-BATCH_DEFAULTS = {"initial": 4, "factor": 2, "every": 250}
-BUILTIN_DEFAULTS = {"constant": {}, "manual": MANUAL_DEFAULTS, "batch_size": BATCH_DEFAULTS}
+MANUAL_DEFAULTS: dict[str, float] = {"every": 50, "factor": 0.99}
+BATCH_DEFAULTS: dict[str, float] = {"initial": 4, "factor": 2, "every": 250}
+BUILTIN_DEFAULTS: dict[str, dict[str, float]] = {
+    "constant": {},
+    "manual": MANUAL_DEFAULTS,
+    "batch_size": BATCH_DEFAULTS,
+}
 RULE_ARGUMENT = "lr_lambda"
 NESTING_TYPES = ("SequentialLR", "ChainedScheduler")
 MONITORS = ("loss", "accuracy")
@@ -246,7 +250,7 @@ def _steps_to_check(epochs: int) -> Sequence[int]:
 
 
 def _arguments(cls: type) -> dict[str, inspect.Parameter]:
-    signature = inspect.signature(cls.__init__)
+    signature = inspect.signature(cls)  # the constructor's parameters, without self
     return {
         name: p
         for name, p in signature.parameters.items()
@@ -268,10 +272,11 @@ class Schedule:
             if index % self.spec.kwargs["every"] == 0:
                 for group in self.optimizer.param_groups:
                     group["lr"] *= self.spec.kwargs["factor"]
-        elif self.spec.monitor is not None:
-            self._torch.step(loss if self.spec.monitor == "loss" else accuracy)
         elif self._torch is not None:
-            self._torch.step()
+            if self.spec.monitor is not None:  # ReduceLROnPlateau
+                self._torch.step(loss if self.spec.monitor == "loss" else accuracy)
+            else:
+                self._torch.step()
 
     def rates(self) -> list[float]:
         return [group["lr"] for group in self.optimizer.param_groups]

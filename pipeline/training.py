@@ -1,31 +1,15 @@
-"""Train LogicNet under one schedule, recording the rate and loss of every update."""
+"""What every trainer shares: the device, deterministic kernels, the tutorial's tensors, the
+initial weights of a seed, and the final metrics of a trained model."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from pipeline import minibatch
 from pipeline.data import Dataset
-from pipeline.model import LogicNet, param_groups
-from pipeline.optim import make_optimizer
+from pipeline.model import LogicNet
 from pipeline.params import Params
-from pipeline.schedules import Schedule, ScheduleSpec
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What one run produced; ``rates[i]`` and ``losses[i]`` belong to update ``i``."""
-
-    name: str
-    groups: tuple[str, ...]
-    rates: np.ndarray  # (epochs, groups): the rate update i used
-    losses: np.ndarray  # (epochs,): the whole train set's loss before update i
-    state_dict: dict[str, torch.Tensor]
-    final: dict[str, float]
 
 
 def select_device(requested: str) -> torch.device:
@@ -52,8 +36,8 @@ def make_deterministic() -> None:
 
 def tensors(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The tutorial's conversion: float32 features, int64 labels."""
-    features = torch.from_numpy(dataset.features).type(torch.FloatTensor).to(device)
-    labels = torch.from_numpy(dataset.labels).type(torch.LongTensor).to(device)
+    features = torch.from_numpy(dataset.features).to(torch.float32).to(device)
+    labels = torch.from_numpy(dataset.labels).to(torch.int64).to(device)
     return features, labels
 
 
@@ -61,60 +45,6 @@ def initial_model(params: Params, device: torch.device, seed: int | None = None)
     """Every run of a seed starts from the same weights, drawn from it (``seed`` by default)."""
     torch.manual_seed(params.seed if seed is None else seed)
     return LogicNet(inputdim=2, hiddendim=params.model.hidden_dim, outputdim=2).to(device)
-
-
-def train_one(
-    spec: ScheduleSpec,
-    params: Params,
-    train_set: Dataset,
-    test_set: Dataset,
-    device: torch.device,
-) -> RunResult:
-    epochs = params.train.epochs
-    model = initial_model(params, device)
-    optimizer = make_optimizer(
-        param_groups(model, spec.per_layer),
-        params.train.optimizer,
-        params.train.lr,
-        params.train.momentum,
-    )
-    schedule = Schedule(spec, optimizer, epochs)
-    x, y = tensors(train_set, device)
-
-    sampler = (
-        minibatch.Sampler(spec, epochs, len(train_set), params.seed) if spec.mini_batch else None
-    )
-
-    rates = np.empty((epochs, len(optimizer.param_groups)))
-    losses = torch.empty(epochs, device=device)
-    needs_values = spec.monitor is not None
-    for index in range(epochs):
-        rates[index] = schedule.rates()
-        logits = model(x)
-        loss = model.criterion(logits, y)
-        losses[index] = loss.detach()
-        if sampler is not None:  # train on the mini-batch; record the whole set's loss
-            chosen = torch.from_numpy(sampler.batch(index)).to(device)
-            loss = model.criterion(model(x[chosen]), y[chosen])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if needs_values:  # only ReduceLROnPlateau reads them: avoid a device sync per step
-            accuracy = (logits.argmax(dim=1) == y).float().mean().item()
-            schedule.step(index, loss.item(), accuracy)
-        else:
-            schedule.step(index, 0.0, 0.0)
-
-    final = evaluate(model, x, y, *tensors(test_set, device))
-    final["final_lr"] = float(rates[-1, 0])
-    return RunResult(
-        name=spec.name,
-        groups=spec.groups,
-        rates=rates,
-        losses=losses.cpu().numpy().astype(np.float64),
-        state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        final=final,
-    )
 
 
 @torch.no_grad()

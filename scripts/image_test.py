@@ -13,6 +13,19 @@ index, which serves the same file, cannot be reached). Everything podman writes 
 folder (``--dir``, default ``.image-test/``), which each run empties first.
 
 Needs root and Debian's podman, buildah, runc and debootstrap, plus the Docker CLI.
+
+Every engine call has a time limit; one that runs past it fails at once with a message naming the
+command and the limit, and the script then ends that client, removes this podman's containers and
+stops its service. Debian's podman 4.3 needs more than a limit on the README's ``docker run --rm``
+lines: its Docker-compatible wait for ``condition=removed`` (what ``docker run --rm`` asks for)
+polls the container's state every nanosecond until the container is gone (podman#18150, fixed in
+4.6), so the service sits at 100% CPU the whole run, and should the container, once exited, never
+be removed (``--rm``'s clean-up process, which conmon starts, takes the same database lock the
+busy poll keeps taking, or fails), the client never returns. It also answers exit code 0 for
+every such container (podman#18889, fixed in 4.6). So those lines run under a watchdog
+(:class:`DockerRun`) that reads the container's fate from podman's own event log: the container's
+exit code is the run's result, and a container that has exited but is still there after a grace
+period is removed, which ends the wait. The script's own probe of the image uses ``podman run``.
 """
 
 from __future__ import annotations
@@ -40,6 +53,25 @@ LOCAL_BASE = "localhost/debian:bookworm"
 NOBODY = 65534  # the container run's host user: not root, not the checkout's usual owner
 STAGES_TIMED: dict[str, float] = {}
 
+# Time limits, in seconds (about 10 minutes for the whole test on 2 cores, 4 of them the build).
+DEBOOTSTRAP_LIMIT = 15 * 60
+BUILD_LIMIT = 20 * 60  # the README's docker build: 3 to 7 minutes here
+CONTAINER_REPRO_LIMIT = 15 * 60  # the README's docker run: dvc repro, 0.5 to 1.5 minutes here
+HOST_REPRO_LIMIT = 15 * 60  # dvc repro on the host
+PROBE_LIMIT = 2 * 60  # a short container: python -c "import torch ..."
+ENGINE_LIMIT = 2 * 60  # inspect, ps, stop, rm, import, reset
+EXITED_GRACE = 20.0  # how long a Docker client may wait on a container that has exited
+
+
+class Timeout(SystemExit):
+    """A command ran past its time limit (it has been ended)."""
+
+    def __init__(self, command: str, limit: float, detail: str = "") -> None:
+        super().__init__(
+            f"[image-test] TIMEOUT: `{command}` did not finish within {limit:.0f} s"
+            f"{': ' + detail if detail else ''}; ended it"
+        )
+
 
 def log(message: str) -> None:
     print(f"[image-test] {message}", flush=True)
@@ -53,10 +85,46 @@ def timed(name: str) -> Iterator[None]:
     log(f"{name}: {STAGES_TIMED[name]} s")
 
 
-def run(command: list[str] | str, **kwargs) -> subprocess.CompletedProcess:
-    shown = command if isinstance(command, str) else shlex.join(command)
-    log(f"$ {shown}")
-    return subprocess.run(command, check=True, **kwargs)
+def shown(command: list[str] | str) -> str:
+    return command if isinstance(command, str) else shlex.join(command)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a process started with ``start_new_session`` and everything it started.
+
+    SIGKILL, since the Docker client passes SIGTERM and SIGINT on to the container and stays.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+
+
+def run(
+    command: list[str] | str,
+    *,
+    timeout: float,
+    check: bool = True,
+    quiet: bool = False,
+    **kwargs,
+) -> subprocess.CompletedProcess:
+    """subprocess.run, in its own process group, ended with all it started after TIMEOUT s."""
+    if not quiet:
+        log(f"$ {shown(command)}")
+    with subprocess.Popen(command, start_new_session=True, **kwargs) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(process)
+            raise Timeout(shown(command), timeout) from None
+        except BaseException:
+            kill_group(process)
+            raise
+    if check and process.returncode:
+        if stderr:
+            log(f"`{shown(command)}` said: {stderr.strip()}")
+        raise subprocess.CalledProcessError(process.returncode, command, stdout, stderr)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def readme_block(marker: str) -> list[str]:
@@ -87,6 +155,7 @@ def pip_find_links() -> Path:
             [sys.executable, "-m", "pip", "config", "get", "global.find-links"],
             capture_output=True,
             text=True,
+            timeout=120,
         ).stdout.strip()
     )
     folder = Path(configured or "/opt/wheels")
@@ -98,7 +167,9 @@ def pip_find_links() -> Path:
 def write_podman_config(folder: Path) -> dict[str, str]:
     """containers.conf and storage.conf under FOLDER; the environment that points at them."""
     hard_nofile = int(
-        subprocess.run(["sh", "-c", "ulimit -Hn"], capture_output=True, text=True).stdout
+        subprocess.run(
+            ["sh", "-c", "ulimit -Hn"], capture_output=True, text=True, timeout=60
+        ).stdout
     )
     nofile = min(20000, hard_nofile)
     (folder / "containers.conf").write_text(
@@ -148,6 +219,7 @@ def make_local_base(folder: Path, env: dict[str, str], wheel_port: int) -> None:
                 str(rootfs),
                 "http://deb.debian.org/debian",
             ],
+            timeout=DEBOOTSTRAP_LIMIT,
             stdout=subprocess.DEVNULL,
         )
     # The official image's sources: the release, its updates and its security archive.
@@ -173,14 +245,23 @@ def make_local_base(folder: Path, env: dict[str, str], wheel_port: int) -> None:
         "retries = 1\n"
     )
     with timed("import base"):
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        run(
-            ["podman", "import", "-", LOCAL_BASE],
-            stdin=tar.stdout,
-            env=env,
-            stdout=subprocess.DEVNULL,
+        tar = subprocess.Popen(
+            ["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE, start_new_session=True
         )
-        tar.wait()
+        try:
+            run(
+                ["podman", "import", "-", LOCAL_BASE],
+                timeout=5 * ENGINE_LIMIT,
+                stdin=tar.stdout,
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
+            tar.stdout.close()
+            if tar.wait(timeout=ENGINE_LIMIT):
+                raise SystemExit(f"tar of {rootfs} failed ({tar.returncode})")
+        finally:
+            if tar.poll() is None:
+                kill_group(tar)
     shutil.rmtree(rootfs)
 
 
@@ -199,6 +280,28 @@ def background(command: list[str], logfile: Path, **kwargs) -> Iterator[subproce
             process.kill()
 
 
+@contextlib.contextmanager
+def containers_removed(env: dict[str, str]) -> Iterator[None]:
+    """On the way out, however it goes: no container of this test outlives it."""
+    try:
+        yield
+    finally:
+        try:
+            podman(
+                env,
+                "rm",
+                "--force",
+                "--all",
+                "--time",
+                "0",
+                check=False,
+                quiet=True,
+                stdout=subprocess.DEVNULL,
+            )
+        except Timeout as timeout:
+            log(f"could not remove the containers: {timeout}")
+
+
 def wait_for(path: Path, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while not path.exists():
@@ -207,46 +310,260 @@ def wait_for(path: Path, seconds: float = 30) -> None:
         time.sleep(0.2)
 
 
-def docker(env: dict[str, str], *args: str) -> str:
-    return subprocess.run(
-        ["docker", *args], env=env, check=True, capture_output=True, text=True
+def docker(env: dict[str, str], *args: str, timeout: float = ENGINE_LIMIT) -> str:
+    """A Docker client call that returns at once (not ``docker run``): its output."""
+    return run(
+        ["docker", *args],
+        timeout=timeout,
+        quiet=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     ).stdout.strip()
 
 
-def check_ui(line: str, as_user: list[str], checkout: Path, env: dict[str, str]) -> list[str]:
+def podman(env: dict[str, str], *args: str, timeout: float = ENGINE_LIMIT, **kwargs):
+    """podman's own CLI on this test's storage, past the service (ENV without DOCKER_CONFIG)."""
+    return run(["podman", *args], timeout=timeout, env=env, **kwargs)
+
+
+class EventLog:
+    """podman's event log (``events_logger = "file"``), read on from where it ended at creation."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def read(self) -> list[dict]:
+        """The events written since the last call (whole lines only)."""
+        try:
+            with open(self.path, "rb") as stream:
+                stream.seek(self.offset)
+                chunk = stream.read()
+        except FileNotFoundError:
+            return []
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        events = []
+        for line in complete.splitlines():
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+        return events
+
+
+class DockerRun:
+    """A README ``docker run --rm`` line, run word for word by the Docker client, watched.
+
+    The container is the first one podman's event log shows created after the client started
+    (this podman serves only this test, one client at a time); its exit code comes from the
+    ``died`` event (or conmon's exit file), not from the client, which podman 4.3 answers 0 for
+    any ``--rm`` container (podman#18889). Should the client still be waiting EXITED_GRACE s
+    after the container exited, the container is removed, which ends podman's wait for
+    ``condition=removed`` (and its busy poll, podman#18150); should it wait on after that, it is
+    killed. Past the time limit, the client is killed and the container removed.
+    """
+
+    def __init__(
+        self,
+        line: str,
+        *,
+        as_user: list[str],
+        cwd: Path,
+        client_env: dict[str, str],
+        engine_env: dict[str, str],
+        folder: Path,
+        output: Path | None = None,
+    ) -> None:
+        self.line, self.engine_env, self.folder = line, engine_env, folder
+        self.events = EventLog(folder / "events.log")
+        self.container: str | None = None
+        self.exit_code: int | None = None
+        self.exited_at: float | None = None
+        self.removed = False
+        self.started = time.monotonic()
+        log(f"$ {line}" + (f" > {output.name} &" if output else ""))
+        out = open(output, "w") if output else None  # noqa: SIM115 (the client has its own copy)
+        try:
+            self.client = subprocess.Popen(
+                [*as_user, "bash", "-c", line],
+                cwd=cwd,
+                env=client_env,
+                start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+            )
+        finally:
+            if out:
+                out.close()
+
+    def update(self) -> None:
+        for event in self.events.read():
+            if event.get("Type") != "container":
+                continue
+            if self.container is None and event.get("Status") == "create":
+                self.container = event["ID"]
+                log(f"  container {self.container[:12]} created")
+            if event.get("ID") != self.container:
+                continue
+            if event.get("Status") == "died" and self.exit_code is None:
+                self.exit_code = int(event.get("ContainerExitCode", 0))
+                self.exited_at = time.monotonic()
+            elif event.get("Status") == "remove":
+                self.removed = True
+        if self.container and self.exit_code is None:
+            # conmon's own record, there even before any podman process has noticed the exit.
+            exit_file = self.folder / "run" / "libpod" / "exits" / self.container
+            with contextlib.suppress(OSError, ValueError):
+                self.exit_code = int(exit_file.read_text().strip())
+                self.exited_at = time.monotonic()
+
+    def remove_container(self) -> None:
+        """Remove the container (killing it should it still run); not there afterwards."""
+        if not self.container or self.removed or not self.exists():
+            self.removed = True
+            return
+        podman(
+            self.engine_env,
+            "rm",
+            "--force",
+            "--time",
+            "0",
+            self.container,
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
+        if self.exists():
+            raise SystemExit(f"[image-test] podman could not remove container {self.container}")
+        self.removed = True
+
+    def exists(self) -> bool:
+        return not podman(
+            self.engine_env, "container", "exists", self.container, check=False, quiet=True
+        ).returncode
+
+    def abort(self) -> None:
+        """End the client and its container: after a timeout, an error, or an interrupt."""
+        kill_group(self.client)
+        self.update()
+        with contextlib.suppress(Exception, SystemExit):  # not to hide why it is aborted
+            self.remove_container()
+
+    def wait(self, limit: float, stopped: bool = False) -> int:
+        """The container's exit code (the client's, if no container ran) once both are done.
+
+        STOPPED: the container was stopped on purpose (its exit code is the signal's).
+        """
+        deadline = self.started + limit
+        forced_at = None
+        try:
+            while self.client.poll() is None:
+                self.update()
+                now = time.monotonic()
+                if now > deadline:
+                    state = (
+                        f"the container had exited ({self.exit_code}) {now - self.exited_at:.0f} s"
+                        " before, the Docker client was still waiting"
+                        if self.exited_at is not None
+                        else f"container {(self.container or 'none')[:12]} still running"
+                    )
+                    self.abort()
+                    raise Timeout(self.line, limit, state)
+                if self.exited_at is not None and now - self.exited_at > EXITED_GRACE:
+                    if forced_at is None:
+                        log(
+                            f"  container {self.container[:12]} exited ({self.exit_code})"
+                            f" {EXITED_GRACE:.0f} s ago, yet the Docker client waits on: podman"
+                            " 4.3 did not remove it (podman#18150); removing it"
+                        )
+                        self.remove_container()
+                        forced_at = now
+                    elif now - forced_at > EXITED_GRACE:
+                        log("  the Docker client still waits on a removed container: killed")
+                        kill_group(self.client)
+                time.sleep(0.5)
+        except BaseException:
+            self.abort()
+            raise
+        client_code = self.client.returncode
+        self.update()
+        # The event log may trail the client by a moment.
+        settle = time.monotonic() + 10
+        while self.container and self.exit_code is None and time.monotonic() < settle:
+            time.sleep(0.2)
+            self.update()
+        self.remove_container()
+        if self.exit_code is None:
+            return client_code
+        if client_code != self.exit_code and not stopped:
+            log(
+                f"  the Docker client exited {client_code}, container"
+                f" {self.container[:12]} exited {self.exit_code}: the container's counts"
+                " (podman 4.3 answers 0 for any --rm container, podman#18889)"
+            )
+        return self.exit_code
+
+
+def check_ui(
+    line: str,
+    as_user: list[str],
+    checkout: Path,
+    client_env: dict[str, str],
+    engine_env: dict[str, str],
+    folder: Path,
+) -> list[str]:
     """Run the README's UI line in the background; the UI must list the checkout's experiment."""
     port = int(re.search(r"-p 127\.0\.0\.1:(\d+):", line)[1])
     base = f"http://127.0.0.1:{port}"
-    problems = []
-    command = [*as_user, "bash", "-c", f"exec {line}"]
-    with background(command, checkout.parent / "ui.log", cwd=checkout, env=env):
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{base}/health", timeout=5) as reply:
-                        if reply.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    return [f"the MLflow UI did not answer on {base}/health within 120 s"]
-                time.sleep(1)
-            request = urllib.request.Request(
-                f"{base}/ajax-api/2.0/mlflow/experiments/search",
-                data=b'{"max_results": 100}',
-                headers={"Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(request, timeout=30) as reply:
-                names = [e["name"] for e in json.load(reply).get("experiments", [])]
-            log(f"MLflow UI from the container, {base}: experiments {names}")
-            if "lr-schedulers" not in names:
-                problems.append(f"the containerised UI lists {names}, not lr-schedulers")
-        finally:
-            # This podman serves only this test: every running container is the UI's.
-            for container in docker(env, "ps", "-q").split():
-                docker(env, "stop", "--time", "3", container)
+    ui = DockerRun(
+        line,
+        as_user=as_user,
+        cwd=checkout,
+        client_env=client_env,
+        engine_env=engine_env,
+        folder=folder,
+        output=checkout.parent / "ui.log",
+    )
+    try:
+        problems = ask_ui(base, ui)
+    except BaseException:
+        ui.abort()
+        raise
+    if ui.client.poll() is None:
+        # This podman serves only this test: every running container is the UI's.
+        for container in docker(client_env, "ps", "-q").split():
+            docker(client_env, "stop", "--time", "3", container)
+    ui.wait(ENGINE_LIMIT, stopped=True)
     return problems
+
+
+def ask_ui(base: str, ui: DockerRun) -> list[str]:
+    """Wait for the UI at BASE; it must list the experiment lr-schedulers."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=5) as reply:
+                if reply.status == 200:
+                    break
+        except OSError:
+            pass
+        ui.update()
+        if ui.client.poll() is not None:
+            return [f"the UI line ended ({ui.client.returncode}) before the UI answered"]
+        if time.monotonic() > deadline:
+            return [f"the MLflow UI did not answer on {base}/health within 120 s"]
+        time.sleep(1)
+    request = urllib.request.Request(
+        f"{base}/ajax-api/2.0/mlflow/experiments/search",
+        data=b'{"max_results": 100}',
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        names = [e["name"] for e in json.load(reply).get("experiments", [])]
+    log(f"MLflow UI from the container, {base}: experiments {names}")
+    if "lr-schedulers" not in names:
+        return [f"the containerised UI lists {names}, not lr-schedulers"]
+    return []
 
 
 def lock_outs(checkout: Path) -> dict[str, str]:
@@ -268,12 +585,18 @@ def mlflow_tags(checkout: Path) -> list[dict[str, str]]:
     return [dict(run.data.tags) for run in runs]
 
 
+def terminated(signum: int, frame: object) -> None:
+    raise SystemExit(f"[image-test] stopped by signal {signum}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=ROOT / ".image-test")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("image-test needs root (podman as root, debootstrap)")
+    # A SIGTERM (CI's time limit, `timeout`) unwinds like an error: the clean-up below runs.
+    signal.signal(signal.SIGTERM, terminated)
     for tool in ("podman", "buildah", "runc", "debootstrap", "docker", "git", "setpriv"):
         if not shutil.which(tool):
             raise SystemExit(
@@ -286,12 +609,18 @@ def main() -> int:
     if folder.exists():
         if (folder / "storage.conf").exists():
             old = {**os.environ, **write_podman_config(folder)}
-            subprocess.run(["podman", "system", "reset", "--force"], env=old, check=False)
+            run(
+                ["podman", "system", "reset", "--force"],
+                timeout=5 * ENGINE_LIMIT,
+                check=False,
+                env=old,
+            )
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     folder.chmod(0o755)
     env = {**os.environ, **write_podman_config(folder)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("DOCKER_CONFIG", None)  # podman reads it too, and fails if it has no config.json
 
     build_line = readme_block("build-cpu")
     run_line = readme_block("run-cpu")
@@ -321,6 +650,7 @@ def main() -> int:
             folder / "podman-service.log",
             env=env,
         ),
+        containers_removed(env),
     ):
         wait_for(socket_path)
         socket_path.chmod(0o666)  # the container run's client is an unprivileged user
@@ -336,7 +666,7 @@ def main() -> int:
             "docker build ", f"docker build --build-arg BASE_IMAGE={LOCAL_BASE} ", 1
         )
         with timed("docker build"):
-            run(["bash", "-c", build], cwd=ROOT, env=client_env)
+            run(["bash", "-c", build], timeout=BUILD_LIMIT, cwd=ROOT, env=client_env)
         image_id = docker(client_env, "image", "inspect", "--format", "{{.Id}}", tag)
         size = int(docker(client_env, "image", "inspect", "--format", "{{.Size}}", tag))
         base_size = int(docker(client_env, "image", "inspect", "--format", "{{.Size}}", LOCAL_BASE))
@@ -352,8 +682,9 @@ def main() -> int:
             problems.append(f"the image runs as {config.get('User')!r}, not a non-root user")
         if config.get("Cmd") != ["dvc", "repro"]:
             problems.append(f"the image's command is {config.get('Cmd')}, not dvc repro")
-        cuda = docker(
-            client_env,
+        # podman's own CLI, not the Docker client: see DockerRun for why.
+        cuda = podman(
+            env,
             "run",
             "--rm",
             tag,
@@ -362,31 +693,48 @@ def main() -> int:
             "import torch, importlib.metadata as m; print(torch.__version__, torch.version.cuda,"
             " sorted(d.metadata['Name'] for d in m.distributions()"
             " if d.metadata['Name'].startswith('nvidia')))",
-        )
+            timeout=PROBE_LIMIT,
+            stdout=subprocess.PIPE,
+            text=True,
+        ).stdout.strip()
         log(f"torch in the image: {cuda}")
         if cuda != "2.13.0+cpu None []":
             problems.append(f"the CPU image carries CUDA: {cuda}")
 
         # The README's run line, in a fresh clone owned by an unprivileged user who runs it.
         in_container = folder / "container-run"
-        run(["git", "clone", "--quiet", str(ROOT), str(in_container)])
-        run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(in_container)])
+        run(["git", "clone", "--quiet", str(ROOT), str(in_container)], timeout=ENGINE_LIMIT)
+        run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(in_container)], timeout=ENGINE_LIMIT)
         as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
         user_env = {**client_env, "HOME": str(folder / "docker-config")}
         with timed("docker run: dvc repro"):
-            run([*as_nobody, "bash", "-c", run_line[0]], cwd=in_container, env=user_env)
+            repro = DockerRun(
+                run_line[0],
+                as_user=as_nobody,
+                cwd=in_container,
+                client_env=user_env,
+                engine_env=env,
+                folder=folder,
+            )
+            if code := repro.wait(CONTAINER_REPRO_LIMIT):
+                raise SystemExit(f"[image-test] the README's docker run line failed ({code})")
 
         # The README's UI line, on the checkout the container just reproduced.
         with timed("docker run: lrsched ui"):
             ui_line = readme_block("ui-cpu")[0]
-            problems += check_ui(ui_line, as_nobody, in_container, user_env)
+            problems += check_ui(ui_line, as_nobody, in_container, user_env, env, folder)
 
     # The same commit on the host, with the host's venv.
     on_host = folder / "host-run"
-    run(["git", "clone", "--quiet", str(ROOT), str(on_host)])
-    host_env = {**env, "PATH": f"{ROOT / '.venv' / 'bin'}:{env['PATH']}"}
+    run(["git", "clone", "--quiet", str(ROOT), str(on_host)], timeout=ENGINE_LIMIT)
+    # The clone's own code first: the venv's editable install points at this working tree.
+    host_env = {
+        **env,
+        "PATH": f"{ROOT / '.venv' / 'bin'}:{env['PATH']}",
+        "PYTHONPATH": str(on_host),
+    }
     with timed("host: dvc repro"):
-        run(["dvc", "repro"], cwd=on_host, env=host_env)
+        run(["dvc", "repro"], timeout=HOST_REPRO_LIMIT, cwd=on_host, env=host_env)
 
     container_outs, host_outs = lock_outs(in_container), lock_outs(on_host)
     committed = lock_outs(ROOT)
@@ -395,10 +743,11 @@ def main() -> int:
         log(f"  {key}: host {host_outs[key]}  container {container_outs.get(key)}")
     if differ or container_outs.keys() != host_outs.keys():
         problems.append(f"outputs differ between the container and the host: {differ}")
-    log(
-        "committed dvc.lock: "
-        + ("the same outputs" if committed == host_outs else "differs (work in progress?)")
-    )
+    # The committed lock is the promise: what any machine writes from this commit.
+    stale = sorted(k for k in host_outs if committed.get(k) != host_outs[k])
+    log("committed dvc.lock: " + (f"differs in {stale}" if stale else "the same outputs"))
+    if stale or committed.keys() != host_outs.keys():
+        problems.append(f"the committed dvc.lock does not hold the outputs a run writes: {stale}")
     owners = {p.stat().st_uid for p in (in_container / "outputs").rglob("*")}
     if owners != {NOBODY}:
         problems.append(f"the container's outputs are owned by {owners}, not the caller {NOBODY}")

@@ -14,7 +14,7 @@ def run(params: Params, train_path: Path, test_path: Path) -> dict[str, int]:
     The test set has a seed of its own, shared by every run at a noise level: runs differ only
     in what they trained on.
     """
-    noises = sorted({variant.noise for variant in params.variants})
+    noises = sorted({point.noise for point in params.grid})
     train_sets = {
         (seed, noise): data.generate(params.data.n_samples, noise, seed)
         for noise in noises

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 
 from pipeline import curves, data, figures, files, tracking
-from pipeline.background import Background, RecordError
+from pipeline.background import RecordError, Tracker
 from pipeline.model import load_model, seed_accuracies
 from pipeline.params import Params
 from pipeline.stats import steps_to
@@ -32,64 +32,57 @@ FIGURES = (
 )
 
 
-def run(
-    params: Params,
-    train_path: Path,
-    test_path: Path,
-    curves_dir: Path,
-    models_dir: Path,
-    metrics_path: Path,
-    figures_dir: Path,
-    mlflow: Background | None = None,
-) -> tuple[list[Path], str | None]:
+@dataclass(frozen=True)
+class PlotPaths:
+    """Every file the stage reads or writes, as ``dvc.yaml`` names them."""
+
+    train_data: Path  # the train sets: decision boundaries are drawn over the first seed's
+    test_data: Path  # the test sets: accuracy per seed
+    curves_dir: Path  # the train stage's per-step tables
+    models_dir: Path  # the train stage's weights
+    metrics: Path  # the train stage's final metrics: its digest finds the train run
+    figures_dir: Path  # written: the PNGs, replaced whole
+
+
+def run(params: Params, paths: PlotPaths, tracker: Tracker) -> tuple[list[Path], str | None]:
     """Write the figures; return their paths and the MLflow run they were attached to.
 
-    ``mlflow``: a ``Background`` started before torch and matplotlib were imported (the CLI
-    does); by default one is started here.
+    ``tracker``: started before torch and matplotlib were imported (the CLI does).
     """
     uri = tracking.tracking_uri()
-    with contextlib.ExitStack() as stack:
-        records = mlflow or stack.enter_context(Background())
-        # Looked up while the figures are drawn: the train run to attach them to.
-        digest = files.sha256_files([metrics_path])
-        records.call("find_train_run", uri, params.mlflow.experiment, digest)
-        pngs = _render(params, train_path, test_path, curves_dir, models_dir, metrics_path)
-        # The store has answered before a figure is written: one that cannot be opened leaves
-        # the figures as they were (`dvc repro` keeps them: `persist` in dvc.yaml).
-        try:
-            records.wait()
-        except RecordError as error:
-            raise tracking.TrackingUnavailable(
-                f"cannot use the MLflow store {uri}: {error.message}\n"
-                f"No figure was written; {figures_dir} is as it was."
-            ) from None
-        with files.staged_directory(figures_dir) as staging:
-            for name in FIGURES:
-                files.write_bytes(staging / name, pngs[name])
-        paths = [Path(figures_dir) / name for name in FIGURES]
-        return paths, _attach(records, uri, paths, figures_dir)
+    # Looked up while the figures are drawn: the train run to attach them to.
+    digest = files.sha256_files([paths.metrics])
+    found = tracker.find_train_run(uri, params.mlflow.experiment, digest)
+    pngs = _render(params, paths)
+    # The store has answered before a figure is written: one that cannot be opened leaves
+    # the figures as they were (`dvc repro` keeps them: `persist` in dvc.yaml).
+    try:
+        tracker.wait()
+    except RecordError as error:
+        raise tracking.TrackingUnavailable(
+            f"cannot use the MLflow store {uri}: {error.message}\n"
+            f"No figure was written; {paths.figures_dir} is as it was."
+        ) from None
+    with files.staged_directory(paths.figures_dir) as staging:
+        for name in FIGURES:
+            files.write_bytes(staging / name, pngs[name])
+    written = [Path(paths.figures_dir) / name for name in FIGURES]
+    return written, _attach(tracker, uri, found.get(), written, paths.figures_dir)
 
 
-def _render(
-    params: Params,
-    train_path: Path,
-    test_path: Path,
-    curves_dir: Path,
-    models_dir: Path,
-    metrics_path: Path,
-) -> dict[str, bytes]:
+def _render(params: Params, paths: PlotPaths) -> dict[str, bytes]:
     """Every figure as PNG bytes, by file name."""
     torch.set_num_threads(1)  # tiny models; and no thread pool that forked workers inherit
     runs = params.runs
     names = [run.name for run in runs]
-    tables = curves.read_all(curves_dir, names)
-    metrics = json.loads(Path(metrics_path).read_text())
-    weights = {name: str(Path(models_dir) / f"{name}.pt") for name in names}
-    train_sets = data.read_sets(train_path)
-    test_sets = data.read_test_sets(test_path)
+    tables = curves.read_all(paths.curves_dir, names)
+    metrics = json.loads(Path(paths.metrics).read_text())
+    weights = {name: str(Path(paths.models_dir) / f"{name}.pt") for name in names}
+    train_sets = data.read_sets(paths.train_data)
+    test_sets = data.read_test_sets(paths.test_data)
     # Decision boundaries show the first seed's model over the first seed's train set.
     first = params.seeds[0]
-    sets = {run.name: (train_sets[first, run.variant.noise], test_sets[run.variant.noise])
+    sets = {run.name: (train_sets[first, run.point.noise], test_sets[run.point.noise])
             for run in runs}  # fmt: skip
     models = {name: load_model(weights[name], params.model.hidden_dim) for name in names}
     accuracies = {
@@ -97,19 +90,22 @@ def _render(
         for run in runs
     }
     target = params.analysis.target_loss
-    steps = {run.name: steps_to(_seed_losses(curves_dir, run.name, tables), target) for run in runs}
+    steps = {
+        run.name: steps_to(_seed_losses(paths.curves_dir, run.name, tables), target) for run in runs
+    }
     regions = figures.decision_regions(models, sets)
     # A grid: a loss panel per grid point, a rate panel per starting rate (rates do not depend
     # on the data, but for ReduceLROnPlateau's: those of the first noise level are drawn).
-    loss_panels = rate_panels = None
-    if len(params.variants) > 1:
+    loss_panels: dict[str, dict[str, str]] | None = None
+    rate_panels: dict[str, dict[str, str]] | None = None
+    if len(params.grid) > 1:
         loss_panels, rate_panels = {}, {}
-        first_noise = params.variants[0].noise
+        first_noise = params.grid[0].noise
         for run in runs:
-            title = run.variant.label.lstrip("@").replace(",", ", ")
+            title = run.point.label.lstrip("@").replace(",", ", ")
             loss_panels.setdefault(title, {})[run.spec.name] = run.name
-            if run.variant.noise == first_noise:
-                rate_panels.setdefault(f"lr={run.variant.lr:g}", {})[run.spec.name] = run.name
+            if run.point.noise == first_noise:
+                rate_panels.setdefault(f"lr={run.point.lr:g}", {})[run.spec.name] = run.name
     schedule_of = {run.name: run.spec.name for run in runs}
     draw = {  # the slowest first, so that the last to finish is a quick one
         "decision_boundaries.png": lambda: figures.decision_boundaries(regions, sets, metrics),
@@ -125,19 +121,18 @@ def _render(
         return renderer.results()
 
 
-def _attach(records: Background, uri: str, paths: list[Path], figures_dir: Path) -> str | None:
+def _attach(
+    tracker: Tracker, uri: str, run_id: str | None, paths: list[Path], figures_dir: Path
+) -> str | None:
     """Attach the figures to the train run found meanwhile, if any; return its id."""
-    try:
-        records.wait()
-        run_id = records.answers["find_train_run"]
-        if run_id is not None:
-            records.call("attach_files", uri, run_id, paths, "figures")
-            records.wait()
-    except RecordError as error:
-        raise tracking.TrackingUnavailable(
-            f"wrote the figures to {figures_dir}, but cannot attach them to the MLflow "
-            f"store {uri}: {error.message}"
-        ) from None
+    if run_id is not None:
+        try:
+            tracker.attach_files(uri, run_id, paths, "figures").get()
+        except RecordError as error:
+            raise tracking.TrackingUnavailable(
+                f"wrote the figures to {figures_dir}, but cannot attach them to the MLflow "
+                f"store {uri}: {error.message}"
+            ) from None
     return run_id
 
 

@@ -1,5 +1,5 @@
 """Stage ``train``: every schedule over every seed, as one batched computation, recorded to
-files for DVC and to MLflow (a parent run, a child run per schedule)."""
+files for DVC and to MLflow (a parent run, a child run per named run)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,40 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import curves, data, files, report, stats, tracking
-from pipeline.background import Background, RecordError
-from pipeline.batched import Arm, ScheduleResult, by_schedule, train_batch
+from pipeline.background import RecordBug, RecordError, StoreUnavailable, Tracker
+from pipeline.batched import Replicate, run_results, train_batch
 from pipeline.model import stacked_weights, weights_bytes
-from pipeline.params import Params
+from pipeline.params import Params, try_schedules
+from pipeline.results import RunResult
 from pipeline.training import make_deterministic, select_device
 
 
 @dataclass(frozen=True)
+class TrainPaths:
+    """Every file the stage reads or writes, as ``dvc.yaml`` names them."""
+
+    params: Path  # read by the caller; named when a schedule fails its trial
+    train_data: Path  # the train sets: one per seed and noise level
+    test_data: Path  # the test sets: one per noise level
+    curves_dir: Path  # written: a per-step table per run (and per seed, with several)
+    models_dir: Path  # written: each run's weights, every seed stacked
+    metrics: Path  # written last: final metrics and ranking, for ``dvc metrics``
+    steps: Path  # written: every run's steps in one CSV, for ``dvc plots``
+    ranking: Path  # written: the ranking table (markdown)
+    report: Path  # written: the report on the tutorial's claims (markdown)
+    figures_link: str = "../figures"  # where the report links the figures, relative to it
+
+
+@dataclass(frozen=True)
 class TrainSummary:
-    results: tuple[ScheduleResult, ...]
+    results: tuple[RunResult, ...]
     parent_run_id: str
     tracking_uri: str
     device: str
@@ -35,73 +52,70 @@ class TrainSummary:
 
 def run(
     params: Params,
-    train_path: Path,
-    test_path: Path,
-    curves_dir: Path,
-    models_dir: Path,
-    metrics_path: Path,
-    steps_path: Path,
-    ranking_path: Path,
-    report_path: Path,
+    paths: TrainPaths,
+    tracker: Tracker,
+    on_start: Callable[[], None] = lambda: None,
     on_step: Callable[[int], None] = lambda step: None,
-    figures_dir: str = "../figures",
-    mlflow: Background | None = None,
 ) -> TrainSummary:
-    """``figures_dir``: where the report's figure links point, relative to the report.
+    """Try every schedule, train every run, write the outputs and record them to MLflow.
 
-    ``mlflow``: a ``Background`` started early, so that importing MLflow overlaps with importing
-    torch (the CLI starts it first thing); by default one is started here.
+    ``params``: parsed, not yet tried (``load_params(..., "parse")``): the schedules are tried
+    here, while the store opens. ``tracker``: started before torch was imported, so that
+    importing MLflow overlaps with importing torch (the CLI starts it first thing).
+    ``on_start`` is called once every schedule passed its trial, before training; ``on_step``
+    after each update.
     """
-    started = time.perf_counter()
-    make_deterministic()
-    device = select_device(params.train.device)
-    train_sets = data.read_sets(train_path)
-    test_sets = data.read_test_sets(test_path)
-    arms = [
-        Arm(run.spec, seed, run.variant.lr, run.variant.noise)
-        for run in params.runs
-        for seed in params.seeds
-    ]
-    missing = sorted({arm.data_key for arm in arms} - set(train_sets))
-    missing_tests = sorted({arm.noise for arm in arms} - set(test_sets))
-    if missing or missing_tests:
-        raise ValueError(
-            f"{train_path} or {test_path} lacks the sets for (seed, noise) "
-            f"{missing or missing_tests}; re-run generate"
-        )
     uri = tracking.tracking_uri()
-    with contextlib.ExitStack() as stack:
-        records = mlflow or stack.enter_context(Background())
-        stack.enter_context(_failed_run_on_error(records, uri))
-        # The store opens while the runs train; a store that cannot be opened stops training at
-        # the next step (`poll`), and no output is written before the store answers (`wait`).
-        if "Recorder" not in records.sent:
-            open_store(params, records)
+    with _failed_run_on_error(tracker, uri):
+        # The store opens (and what a killed train left is reaped) while torch tries each
+        # schedule: a rate that blows up stops the stage here, and the store then holds no run.
+        # A store that cannot be opened stops training at the next step (`poll`), and no output
+        # is written before the store answers (`wait`).
+        opened = tracker.open_store(uri, params.mlflow.experiment, os.getpid())
+        try_schedules(params, str(paths.params))
+        on_start()
+        started = time.perf_counter()
+        make_deterministic()
+        device = select_device(params.train.device)
+        train_sets = data.read_sets(paths.train_data)
+        test_sets = data.read_test_sets(paths.test_data)
+        replicates = [
+            Replicate(run.spec, seed, run.point.lr, run.point.noise)
+            for run in params.runs
+            for seed in params.seeds
+        ]
+        missing = sorted({r.data_key for r in replicates} - set(train_sets))
+        missing_tests = sorted({r.noise for r in replicates} - set(test_sets))
+        if missing or missing_tests:
+            raise ValueError(
+                f"{paths.train_data} or {paths.test_data} lacks the sets for (seed, noise) "
+                f"{missing or missing_tests}; re-run generate"
+            )
         lineage = {
             **tracking.git_state(),
             **tracking.environment_tags(str(device)),
             "params.sha256": params.digest(),
-            "data.sha256": files.sha256_files([train_path, test_path]),
+            "data.sha256": files.sha256_files([paths.train_data, paths.test_data]),
         }
         shared = tracking.flatten(_resolved(params))
-        records.record("start", "train", shared, lineage)
+        parent = tracker.start_parent("train", shared, lineage)
 
         def step(index: int) -> None:
             on_step(index)
-            records.poll()
+            tracker.poll()
 
         training_started = time.perf_counter()
-        batch = train_batch(arms, params, train_sets, device, on_step=step)
-        results = by_schedule(batch, params, train_sets, test_sets)
+        batch = train_batch(replicates, params, train_sets, device, on_step=step)
+        results = run_results(batch, params, train_sets, test_sets)
         rankings = _rank_by_noise(results, params)
         ranked = {row.name: row for ranking in rankings.values() for row in ranking}
         training_seconds = time.perf_counter() - training_started
 
         logging_started = time.perf_counter()
-        records.wait()  # the store is open and the parent run started before any file is written
+        tracker.wait()  # the store is open and the parent run started before any file is written
         with (
-            files.staged_directory(curves_dir) as curves_tmp,
-            files.staged_directory(models_dir) as models_tmp,
+            files.staged_directory(paths.curves_dir) as curves_tmp,
+            files.staged_directory(paths.models_dir) as models_tmp,
         ):
             for result in results:
                 spec = params.schedule(result.schedule)
@@ -115,8 +129,7 @@ def run(
                     files.write_bytes(seeds_path, _per_seed_bytes(result))
                     artifacts["seeds"] = seeds_path
                 point = {"train": {"lr": result.lr}, "data": {"noise": result.noise}}
-                records.record(
-                    "child",
+                tracker.log_child(
                     result.name,
                     {**shared, **tracking.flatten({**point, "scheduler": spec.as_params()})},
                     {**lineage, "scheduler": spec.name, "scheduler.type": spec.type},
@@ -126,59 +139,53 @@ def run(
                 )
             table = _ranking_markdown(rankings, params)
             claims = report.check_claims(results, params)
-            text = report.markdown(claims, table, params, figures_dir)
-            records.record("attach_text", table, "ranking.md")
-            records.record("attach_text", text, "report.md")
+            text = report.markdown(claims, table, params, paths.figures_link)
+            tracker.attach_text(table, "ranking.md")
+            tracker.attach_text(text, "report.md")
             # The artifacts are logged from the staging folders: wait before they move.
-            records.wait()
+            tracker.wait()
             # Nothing refused the run: the outputs are replaced from here on. DVC keeps the old
             # ones until now (`persist`), so first take away the file that says they are whole.
-            Path(metrics_path).unlink(missing_ok=True)
-        files.write_text(steps_path, curves.long_table(results))
-        files.write_text(ranking_path, table)
-        files.write_text(report_path, text)
+            Path(paths.metrics).unlink(missing_ok=True)
+        files.write_text(paths.steps, curves.long_table(results))
+        files.write_text(paths.ranking, table)
+        files.write_text(paths.report, text)
         # Last: a metrics file on disk means every other output of this run is complete.
-        files.write_text(metrics_path, metrics_json(results, ranked))
-        records.record("tag", tracking.OUTPUTS_TAG, files.sha256_files([metrics_path]))
-        records.record("finish", "FINISHED")
-        records.wait()
+        files.write_text(paths.metrics, metrics_json(results, ranked))
+        tracker.tag_parent(tracking.OUTPUTS_TAG, files.sha256_files([paths.metrics]))
+        tracker.finish_parent("FINISHED")
+        tracker.wait()
         logging_seconds = time.perf_counter() - logging_started
         return TrainSummary(
             tuple(results),
-            records.answers["start"],
+            parent.get(),
             uri,
             str(device),
             time.perf_counter() - started,
             training_seconds,
             logging_seconds,
-            tuple(records.answers["Recorder"]),
+            opened.get(),
         )
 
 
-def open_store(params: Params, records: Background) -> None:
-    """Have ``records`` open the MLflow store (and reap what a killed train left): it takes
-    seconds, which the CLI overlaps with stepping every schedule once (``try_schedules``)."""
-    records.call("Recorder", tracking.tracking_uri(), params.mlflow.experiment, os.getpid())
-
-
 @contextlib.contextmanager
-def _failed_run_on_error(records: Background, uri: str):
+def _failed_run_on_error(tracker: Tracker, uri: str) -> Iterator[None]:
     """On any error, close the parent run FAILED; say what a failed record means."""
     try:
         yield
     except BaseException as error:
         with contextlib.suppress(RecordError):  # the process may be gone
-            records.record("finish", "FAILED")
+            tracker.finish_parent("FAILED")
         if isinstance(error, RecordError):
             raise _tracking_error(error, uri) from None
         raise
 
 
 def _tracking_error(error: RecordError, uri: str) -> Exception:
-    if error.kind == "unavailable":  # the store could not be opened: the message says so
+    if isinstance(error, StoreUnavailable):  # the store could not be opened: the message says so
         return tracking.TrackingUnavailable(error.message)
-    if error.kind == "bug":
-        return RuntimeError(f"recording to MLflow failed in {error.call}:\n{error.message}")
+    if isinstance(error, RecordBug):
+        return RuntimeError(f"recording to MLflow failed in {error.operation}:\n{error.message}")
     return tracking.TrackingUnavailable(
         f"lost the MLflow store {uri} mid-run: {error.message}\n"
         "No output was written; the runs of this attempt are marked FAILED now, or by the "
@@ -186,9 +193,7 @@ def _tracking_error(error: RecordError, uri: str) -> Exception:
     )
 
 
-def _rank_by_noise(
-    results: list[ScheduleResult], params: Params
-) -> dict[float, list[stats.Ranked]]:
+def _rank_by_noise(results: list[RunResult], params: Params) -> dict[float, list[stats.Ranked]]:
     """A ranking per noise level: runs on different data are not compared with each other."""
     rankings = {}
     for noise in dict.fromkeys(result.noise for result in results):
@@ -215,10 +220,10 @@ def _ranking_markdown(rankings: dict[float, list[stats.Ranked]], params: Params)
     return "\n".join(sections)
 
 
-def _per_seed_bytes(result: ScheduleResult) -> bytes:
+def _per_seed_bytes(result: RunResult) -> bytes:
     """Every seed's per-step loss and rates, (seeds, epochs, 1 + groups) float64, as .npy.
 
-    One file per schedule logs in one call, where per-seed metrics would be seeds x steps values.
+    One file per run logs in one call, where per-seed metrics would be seeds x steps values.
     """
     import io
 
@@ -228,8 +233,8 @@ def _per_seed_bytes(result: ScheduleResult) -> bytes:
     return buffer.getvalue()
 
 
-def metrics_json(results: list[ScheduleResult], ranked: dict[str, stats.Ranked]) -> str:
-    """Final metrics and ranking per schedule, for ``dvc metrics show``: stable order."""
+def metrics_json(results: list[RunResult], ranked: dict[str, stats.Ranked]) -> str:
+    """Final metrics and ranking per run, for ``dvc metrics show``: stable order."""
     table = {r.name: {**r.final, **_ranking_metrics(ranked[r.name])} for r in results}
     return json.dumps(table, indent=2) + "\n"
 

@@ -14,30 +14,30 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.background import Background, RecordError
+from pipeline.background import Refused, Reply, StoreLost, StoreUnavailable, Tracker
 from pipeline.tracking import FAILURE_TAG, PID_TAG
 
 SERIES = {"lr": np.geomspace(0.1, 0.001, 50), "loss": np.linspace(1.0, 0.1, 50)}
 
 
-def open_and_start(background: Background, uri: str) -> None:
-    background.call("Recorder", uri, "background", 4242)
-    background.record("start", "train", {"train.lr": "0.1"}, {"origin": "test"})
+def open_and_start(tracker: Tracker, uri: str) -> tuple[Reply[tuple[str, ...]], Reply[str]]:
+    opened = tracker.open_store(uri, "background", 4242)
+    return opened, tracker.start_parent("train", {"train.lr": "0.1"}, {"origin": "test"})
 
 
+@pytest.mark.slow  # MLflow's own process on a store
 def test_records_arrive_whole_with_the_stage_pid(store: str, tmp_path: Path):
     weights = tmp_path / "model.pt"
     weights.write_bytes(b"weights")
-    with Background() as background:
-        open_and_start(background, store)
-        background.record(
-            "child", "StepLR", {"p": "1"}, {"t": "v"}, SERIES, {"final_loss": 0.1},
-            {"model": weights},
-        )  # fmt: skip
-        background.record("finish", "FINISHED")
-        background.wait()
-        parent_id = background.answers["start"]
-        assert background.answers["Recorder"] == []  # nothing to reap in a fresh store
+    with Tracker() as tracker:
+        opened, started = open_and_start(tracker, store)
+        tracker.log_child(
+            "StepLR", {"p": "1"}, {"t": "v"}, SERIES, {"final_loss": 0.1}, {"model": weights}
+        )
+        tracker.finish_parent("FINISHED")
+        tracker.wait()
+        parent_id = started.get()
+        assert opened.get() == ()  # nothing to reap in a fresh store
     client = MlflowClient(tracking_uri=store)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
@@ -54,21 +54,22 @@ def test_records_arrive_whole_with_the_stage_pid(store: str, tmp_path: Path):
     assert [f.path for f in artifacts] == ["model/model.pt"]
 
 
-def test_a_failed_call_skips_the_rest_but_still_closes_the_run_failed(store: str, tmp_path):
-    with Background() as background:
-        open_and_start(background, store)
+@pytest.mark.slow  # MLflow's own process on a store
+def test_a_failed_record_refuses_the_rest_but_still_closes_the_run_failed(store: str, tmp_path):
+    with Tracker() as tracker:
+        _, started = open_and_start(tracker, store)
         missing = tmp_path / "no-such-file.pt"
-        background.record("child", "a", {}, {}, SERIES, {}, {"model": missing})
-        background.record("child", "b", {}, {}, SERIES, {}, {})
-        with pytest.raises(RecordError) as failed:
-            background.wait()
-        assert failed.value.call == "child"
-        assert failed.value.kind == "store"
-        with pytest.raises(RecordError, match="an earlier call failed"):
-            background.wait()  # the second child was refused, not logged
-        background.record("finish", "FAILED")
-        background.wait()
-        parent_id = background.answers["start"]
+        first = tracker.log_child("a", {}, {}, SERIES, {}, {"model": missing})
+        second = tracker.log_child("b", {}, {}, SERIES, {}, {})
+        with pytest.raises(StoreLost) as failed:
+            tracker.wait()
+        assert failed.value.operation == "log_child"
+        with pytest.raises(StoreLost):
+            first.get()  # a reply keeps its failure
+        with pytest.raises(Refused, match="an earlier record failed"):
+            second.get()  # the second child was refused, not logged
+        tracker.finish_parent("FAILED").get()
+        parent_id = started.get()
     client = MlflowClient(tracking_uri=store)
     assert client.get_run(parent_id).info.status == "FAILED"
     children = client.search_runs(
@@ -78,31 +79,31 @@ def test_a_failed_call_skips_the_rest_but_still_closes_the_run_failed(store: str
     assert [c.data.tags["mlflow.runName"] for c in children] == ["a"]
 
 
+@pytest.mark.slow  # MLflow's own process
 def test_a_store_that_cannot_open_says_so(tmp_path: Path):
     (tmp_path / "file").write_text("")
     uri = f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}"  # under a file: cannot be created
-    with Background() as background:
-        open_and_start(background, uri)
-        with pytest.raises(RecordError) as failed:
-            background.wait()
-    assert failed.value.call == "Recorder"
-    assert failed.value.kind == "unavailable"
+    with Tracker() as tracker:
+        open_and_start(tracker, uri)
+        with pytest.raises(StoreUnavailable) as failed:
+            tracker.wait()
+    assert failed.value.operation == "open_store"
     assert f"cannot use the MLflow store {uri}" in failed.value.message
 
 
 STAGE_THAT_DIES = """
 import os, signal, sys
-from pipeline.background import Background
+from pipeline.background import Tracker
 if __name__ == "__main__":  # the spawned process imports this file again
-    background = Background()
-    background.call("Recorder", sys.argv[1], "background", os.getpid())
-    background.record("start", "train", {}, {})
-    background.wait()
-    print(background._process.pid, background.answers["start"], flush=True)
+    tracker = Tracker()
+    tracker.open_store(sys.argv[1], "background", os.getpid())
+    started = tracker.start_parent("train", {}, {})
+    print(tracker._process.pid, started.get(), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+@pytest.mark.slow  # a stage and MLflow's own process
 def test_a_stage_killed_mid_run_leaves_no_run_running(store: str, tmp_path: Path):
     script = tmp_path / "stage.py"
     script.write_text(STAGE_THAT_DIES)

@@ -1,4 +1,5 @@
-"""The batched trainer against torch.optim + lr_scheduler, run by run, over every step."""
+"""The batched trainer against the reference trainer (torch.optim + lr_scheduler), replicate by
+replicate, over every step."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ import pytest
 import torch
 
 from pipeline import data, minibatch
-from pipeline.batched import Arm, train_batch
+from pipeline.batched import Replicate, train_batch
 from pipeline.params import parse_params
-from pipeline.training import make_deterministic, train_one
+from pipeline.reference import train_reference
+from pipeline.training import make_deterministic
 from tests.conftest import tiny_document
 
 SEEDS = (42, 7, 1234)
 
 
+@pytest.mark.slow  # trains 33 runs batched, then each one alone
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_every_batched_run_equals_its_torch_twin(optimizer):
+def test_every_batched_replicate_equals_its_torch_twin(optimizer):
     make_deterministic()
     document = tiny_document(epochs=150)
     document["train"]["optimizer"] = optimizer
@@ -30,18 +33,20 @@ def test_every_batched_run_equals_its_torch_twin(optimizer):
     params = parse_params(document)
     noise = params.data.noise
     datasets = {(s, noise): data.generate(params.data.n_samples, noise, s) for s in SEEDS}
-    arms = [Arm(spec, seed, params.train.lr, noise) for spec in params.schedules for seed in SEEDS]
-    batch = train_batch(arms, params, datasets, torch.device("cpu"))
+    replicates = [
+        Replicate(spec, seed, params.train.lr, noise) for spec in params.schedules for seed in SEEDS
+    ]
+    batch = train_batch(replicates, params, datasets, torch.device("cpu"))
 
-    for index, arm in enumerate(arms):
-        twin = train_one(
-            arm.spec,
-            dataclasses.replace(params, seed=arm.seed),
-            datasets[arm.data_key],
-            datasets[arm.data_key],
+    for index, replicate in enumerate(replicates):
+        twin = train_reference(
+            replicate.spec,
+            dataclasses.replace(params, seed=replicate.seed),
+            datasets[replicate.data_key],
+            datasets[replicate.data_key],
             torch.device("cpu"),
         )
-        label = f"{arm.spec.name} seed {arm.seed}"
+        label = f"{replicate.spec.name} seed {replicate.seed}"
         layers = batch.rates[index] if twin.rates.shape[1] == 2 else batch.rates[index, :, :1]
         np.testing.assert_allclose(layers, twin.rates, rtol=1e-12, err_msg=label)
         np.testing.assert_allclose(
@@ -51,6 +56,7 @@ def test_every_batched_run_equals_its_torch_twin(optimizer):
             torch.testing.assert_close(batch.state_dicts[index][name], value, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # 1000 updates, batched and as the tutorial's loops
 def test_batched_pipeline_runs_reproduce_the_tutorial():
     """What the train stage records for manual and StepLR, against the tutorial's own loops."""
     from tests.conftest import default_document
@@ -59,11 +65,13 @@ def test_batched_pipeline_runs_reproduce_the_tutorial():
     make_deterministic()
     params = parse_params(default_document())
     train_set = data.generate(params.data.n_samples, params.data.noise, params.seed)
-    arms = [
-        Arm(params.schedule("manual"), params.seed, params.train.lr, params.data.noise),
-        Arm(params.schedule("StepLR"), params.seed, params.train.lr, params.data.noise),
+    replicates = [
+        Replicate(params.schedule("manual"), params.seed, params.train.lr, params.data.noise),
+        Replicate(params.schedule("StepLR"), params.seed, params.train.lr, params.data.noise),
     ]
-    batch = train_batch(arms, params, {arms[0].data_key: train_set}, torch.device("cpu"))
+    batch = train_batch(
+        replicates, params, {replicates[0].data_key: train_set}, torch.device("cpu")
+    )
     for index, use_step_lr in enumerate((False, True)):
         losses, _, used = tutorial_script(params, train_set, use_step_lr)
         np.testing.assert_array_equal(batch.rates[index, :, 0], used)
@@ -107,8 +115,13 @@ def test_a_batch_of_the_whole_set_trains_like_full_batch_and_a_small_one_does_no
     }
     params = parse_params(document)
     train_set = data.generate(params.data.n_samples, params.data.noise, params.seed)
-    arms = [Arm(spec, params.seed, params.train.lr, params.data.noise) for spec in params.schedules]
-    batch = train_batch(arms, params, {arms[0].data_key: train_set}, torch.device("cpu"))
+    replicates = [
+        Replicate(spec, params.seed, params.train.lr, params.data.noise)
+        for spec in params.schedules
+    ]
+    batch = train_batch(
+        replicates, params, {replicates[0].data_key: train_set}, torch.device("cpu")
+    )
     np.testing.assert_allclose(batch.losses[1], batch.losses[0], rtol=0, atol=1e-6)
     assert np.abs(batch.losses[2] - batch.losses[0]).max() > 1e-3
     assert batch.batch_sizes[:, 0].tolist() == [20, 20, 4]
@@ -127,18 +140,22 @@ def test_every_point_of_a_grid_equals_a_separate_run_at_that_point():
     seeds = (3, 4)
     datasets = {
         (seed, v.noise): data.generate(params.data.n_samples, v.noise, seed)
-        for v in params.variants
+        for v in params.grid
         for seed in seeds
     }
-    arms = [Arm(r.spec, s, r.variant.lr, r.variant.noise) for r in params.runs for s in seeds]
-    assert len(arms) == 2 * 2 * 2 * 2
-    batch = train_batch(arms, params, datasets, torch.device("cpu"))
-    for index, arm in enumerate(arms):
-        variant = next(v for v in params.variants if (v.lr, v.noise) == (arm.lr, arm.noise))
-        point = dataclasses.replace(params.at(variant), seed=arm.seed)
-        assert (point.train.lr, point.data.noise) == (arm.lr, arm.noise)
+    replicates = [
+        Replicate(r.spec, s, r.point.lr, r.point.noise) for r in params.runs for s in seeds
+    ]
+    assert len(replicates) == 2 * 2 * 2 * 2
+    batch = train_batch(replicates, params, datasets, torch.device("cpu"))
+    for index, replicate in enumerate(replicates):
+        grid_point = next(
+            p for p in params.grid if (p.lr, p.noise) == (replicate.lr, replicate.noise)
+        )
+        point = dataclasses.replace(params.at(grid_point), seed=replicate.seed)
+        assert (point.train.lr, point.data.noise) == (replicate.lr, replicate.noise)
         # The separate run draws its own data from the point's params, not from the batch's.
-        own_data = data.generate(point.data.n_samples, point.data.noise, arm.seed)
-        twin = train_one(arm.spec, point, own_data, own_data, torch.device("cpu"))
+        own_data = data.generate(point.data.n_samples, point.data.noise, replicate.seed)
+        twin = train_reference(replicate.spec, point, own_data, own_data, torch.device("cpu"))
         np.testing.assert_allclose(batch.rates[index, :, 0], twin.rates[:, 0], rtol=1e-12)
         np.testing.assert_allclose(batch.losses[index], twin.losses, rtol=0, atol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 
+import pytest
 import yaml
 
 from tests.conftest import BIN, ROOT
@@ -25,6 +26,7 @@ def test_every_service_is_pinned_checked_and_local():
     assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
+@pytest.mark.slow  # starts the mlflow command
 def test_server_command_uses_only_flags_this_mlflow_accepts():
     command = COMPOSE["services"]["mlflow"]["command"]
     assert command[:2] == ["mlflow", "server"]

@@ -78,6 +78,7 @@ def wait_until(condition, seconds: float = 120) -> None:
     raise TimeoutError("condition not met in time")
 
 
+@pytest.mark.slow  # runs the generate and train stages
 def test_unreachable_server_stops_the_stage_and_writes_nothing(project):
     env = {**project_env(project), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     run([str(BIN / "lrsched"), "generate", "--train", "data/train.csv", "--test", "data/test.csv"],

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline import data
-from pipeline.batched import Arm, train_batch
+from pipeline.batched import Replicate, train_batch
 from pipeline.params import parse_params
 from pipeline.training import make_deterministic, select_device
 from tests.conftest import tiny_document
@@ -33,8 +33,10 @@ def _train(device: torch.device):
     seeds = (42, 43)
     noise = params.data.noise
     datasets = {(s, noise): data.generate(params.data.n_samples, noise, s) for s in seeds}
-    arms = [Arm(spec, s, params.train.lr, noise) for spec in params.schedules for s in seeds]
-    return train_batch(arms, params, datasets, device)
+    replicates = [
+        Replicate(spec, s, params.train.lr, noise) for spec in params.schedules for s in seeds
+    ]
+    return train_batch(replicates, params, datasets, device)
 
 
 @pytest.mark.gpu

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 
 from pipeline import report
-from pipeline.batched import ScheduleResult
 from pipeline.params import parse_params
+from pipeline.results import RunResult
 
 EPOCHS, SEEDS = 100, 8
 
@@ -35,7 +38,7 @@ def result(name, lr, reach_at, final, seeds=SEEDS):
         losses[seed] = np.interp(np.arange(EPOCHS), [0, reach[seed] - 0.5, EPOCHS - 1],
                                  [1.0, 0.1001, finals[seed]])  # fmt: skip
     schedule = name.split("@")[0]
-    return ScheduleResult(
+    return RunResult(
         name=name, schedule=schedule, lr=lr, noise=0.2, groups=("all",),
         seeds=tuple(range(seeds)), rates=np.full((seeds, EPOCHS, 1), lr), losses=losses,
         state_dicts=(), finals={"final_loss": finals, "test_accuracy": np.full(seeds, 0.9)},
@@ -103,3 +106,10 @@ def test_differences_too_small_for_the_seeds_are_inconclusive():
             for n in ("constant", "StepLR", "growing_batch")]  # fmt: skip
     claims = report.check_claims(same, params)
     assert claims[0].verdict == "inconclusive"
+
+
+def test_the_readers_of_results_do_not_import_the_trainer():
+    """curves.py and report.py read ``RunResult``s: importing them costs no torch."""
+    code = "import sys, pipeline.curves, pipeline.report; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

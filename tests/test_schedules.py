@@ -10,8 +10,9 @@ import torch
 
 from pipeline import data
 from pipeline.params import parse_params
+from pipeline.reference import train_reference
 from pipeline.schedules import preview
-from pipeline.training import make_deterministic, train_one
+from pipeline.training import make_deterministic
 
 LR = 0.01
 
@@ -24,7 +25,9 @@ def trained():
     params = parse_params(tiny_document(epochs=120))
     train_set = data.generate(params.data.n_samples, params.data.noise, params.seed)
     device = torch.device("cpu")
-    results = {s.name: train_one(s, params, train_set, train_set, device) for s in params.schedules}
+    results = {
+        s.name: train_reference(s, params, train_set, train_set, device) for s in params.schedules
+    }
     return params, results
 
 

@@ -9,8 +9,10 @@ import torch
 from pipeline import data
 from pipeline.model import LogicNet
 from pipeline.params import parse_params
-from pipeline.training import make_deterministic, train_one
+from pipeline.reference import train_reference
+from pipeline.training import make_deterministic
 
+pytestmark = pytest.mark.slow  # the tutorial's 1000 updates, six times over
 EPOCHS = 1000  # the tutorial's own numbers, whole
 
 
@@ -55,7 +57,7 @@ def tutorial_script(params, train_set, use_step_lr: bool):
 @pytest.mark.parametrize("name, use_step_lr", [("manual", False), ("StepLR", True)])
 def test_run_equals_the_tutorial_step_for_step(setting, name, use_step_lr):
     params, train_set = setting
-    ours = train_one(params.schedule(name), params, train_set, train_set, torch.device("cpu"))
+    ours = train_reference(params.schedule(name), params, train_set, train_set, torch.device("cpu"))
     losses, lr_list, used = tutorial_script(params, train_set, use_step_lr)
 
     # The same updates in the same order: the losses agree bit for bit.
