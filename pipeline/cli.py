@@ -156,10 +156,12 @@ class _StepBar:
             TimeRemainingColumn(), console=Console(stderr=True), transient=True,
         )  # fmt: skip
         self.task = self.progress.add_task("train", total=total)
+        self.started = False
 
     def start(self, plan: str) -> None:
         click.echo(plan)
         self.progress.start()
+        self.started = True
 
     def step(self, index: int) -> None:
         self.progress.update(self.task, completed=index + 1)
@@ -168,7 +170,8 @@ class _StepBar:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.progress.stop()
+        if self.started:  # stopping a bar never drawn prints an empty line before the error
+            self.progress.stop()
 
 
 def _echo_train_summary(summary: TrainSummary) -> None:
