@@ -3,17 +3,24 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
-# DVC runs each stage's `lrsched ...` command through the shell: put the venv first on PATH.
+# make's own commands (dvc, pytest, ruff, mypy, hadolint, python) are the venv's.
 export PATH := $(BIN):$(PATH)
+
+# Every program the venv runs (.venv/bin/dvc, .venv/bin/lrsched, ...) puts the venv's bin first on
+# PATH for the processes it starts, as activation does, so that DVC finds the stages' `lrsched`
+# from a shell that was never activated: scripts/venv_path.py, run at every interpreter start
+# from a .pth file in the venv. The stamp depends on it, so an existing venv gets the current one.
 
 .PHONY: run test check lint format bench image-test clean
 
-run: $(VENV)/.runtime  ## run the whole pipeline on params.yaml
+# What it prints last runs as shown from the project root, in any shell (tests/test_newcomer.py).
+run: $(VENV)/.path  ## run the whole pipeline on params.yaml
 	dvc repro
 	@echo
-	@echo "Figures:   $(CURDIR)/figures/*.png"
-	@echo "Metrics:   $(BIN)/dvc metrics show"
-	@echo "MLflow UI: $(BIN)/lrsched ui   (then open http://127.0.0.1:5000)"
+	@echo "Figures:   figures/*.png"
+	@echo "Metrics:   $(VENV)/bin/dvc metrics show"
+	@link=$$($(VENV)/bin/lrsched ui --print-link) && \
+	echo "MLflow UI: $(VENV)/bin/lrsched ui   then open $$link"
 
 test: lint  ## lint, then the whole test suite (what CI runs)
 	pytest
@@ -21,26 +28,32 @@ test: lint  ## lint, then the whole test suite (what CI runs)
 check: lint  ## the inner loop, under a minute: lint, then the fast tests (no pipeline runs)
 	pytest -m "not slow"
 
-lint: $(VENV)/.test  ## ruff check, ruff format --check, mypy (pipeline/, stages/), hadolint
+lint: $(VENV)/.test $(VENV)/.path  ## ruff check, ruff format --check, mypy (pipeline/, stages/), hadolint
 	ruff check .
 	ruff format --check .
 	mypy
 	hadolint docker/*Dockerfile
 
-format: $(VENV)/.test
+format: $(VENV)/.test $(VENV)/.path
 	ruff format .
 	ruff check --fix .
 
-bench: $(VENV)/.runtime  ## time the pipeline against the tutorial-style reference
+bench: $(VENV)/.path  ## time the pipeline against the tutorial-style reference
 	python scripts/benchmark.py
 
-image-test: $(VENV)/.runtime  ## build the CPU image with podman, dvc repro in it, compare with the host (root)
+image-test: $(VENV)/.path  ## build the CPU image with podman, dvc repro in it, compare with the host (root)
 	python scripts/image_test.py
 
 $(VENV)/.runtime: requirements/lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/lock.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+$(VENV)/.path: $(VENV)/.runtime scripts/venv_path.py Makefile
+	site=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') && \
+	cp scripts/venv_path.py "$$site/_lrsched_venv_path.py" && \
+	echo "import _lrsched_venv_path" > "$$site/lrsched-venv-path.pth"
 	touch $@
 
 $(VENV)/.test: $(VENV)/.runtime requirements/test.txt

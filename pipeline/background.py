@@ -19,10 +19,13 @@ and ends. (Being spawned, it imports the caller's main module again: a script th
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
+import os
 import signal
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
@@ -31,6 +34,7 @@ from pipeline.tracking import TrackingUnavailable
 
 if TYPE_CHECKING:  # MLflow: imported in the MLflow process only
     from pipeline.records import Recorder
+    from pipeline.tracking import DataFile, ModelToLog, Registration
 
 # How long closing waits for the process to finish what it was sent (a FAILED close against a
 # dead server waits out MLflow's HTTP retries).
@@ -113,8 +117,14 @@ class _Session:
         self.recorder = self.records.Recorder(uri, experiment, pid)
         return tuple(self.recorder.reaped)
 
-    def start_parent(self, name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
-        return self._opened().start(name, params, tags)
+    def start_parent(
+        self,
+        name: str,
+        params: Mapping[str, str],
+        tags: Mapping[str, str],
+        datasets: Sequence[DataFile],
+    ) -> str:
+        return self._opened().start(name, params, tags, datasets)
 
     def log_child(
         self,
@@ -124,8 +134,15 @@ class _Session:
         series: Mapping[str, Iterable[float]],
         final: Mapping[str, float],
         artifacts: Mapping[str, Path],
+        datasets: Sequence[DataFile],
+        model: ModelToLog | None,
     ) -> str:
-        return self._opened().child(name, params, tags, series, final, artifacts)
+        return self._opened().child(name, params, tags, series, final, artifacts, datasets, model)
+
+    def register_model(
+        self, run_name: str, model_name: str, tags: Mapping[str, str], score: float
+    ) -> Registration:
+        return self._opened().register(run_name, model_name, tags, score)
 
     def attach_text(self, text: str, name: str) -> None:
         self._opened().attach_text(text, name)
@@ -151,7 +168,14 @@ class _Session:
 def _serve(connection: Connection) -> None:
     # Ctrl-C reaches the whole process group: the stage decides, and sends `finish_parent`.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # MLflow's per-download progress bars would scribble over the stage's own.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.exceptions import MlflowException
+
+    # Nor its INFO lines ("Validating input example ...") and its advice on type hints for a
+    # model's `predict` (which MLflow would read as a second signature).
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*[Tt]ype hint", category=UserWarning)
 
     from pipeline.tracking import first_line
 
@@ -204,10 +228,14 @@ class Tracker:
         return self._send(_Session.open_store, uri, experiment, pid)
 
     def start_parent(
-        self, name: str, params: Mapping[str, str], tags: Mapping[str, str]
+        self,
+        name: str,
+        params: Mapping[str, str],
+        tags: Mapping[str, str],
+        datasets: Sequence[DataFile] = (),
     ) -> Reply[str]:
-        """Open the parent run; the answer: its id."""
-        return self._send(_Session.start_parent, name, params, tags)
+        """Open the parent run, with the data it read; the answer: its id."""
+        return self._send(_Session.start_parent, name, params, tags, datasets)
 
     def log_child(
         self,
@@ -217,9 +245,21 @@ class Tracker:
         series: Mapping[str, Iterable[float]],
         final: Mapping[str, float],
         artifacts: Mapping[str, Path],
+        datasets: Sequence[DataFile] = (),
+        model: ModelToLog | None = None,
     ) -> Reply[str]:
-        """Log one finished run whole under the parent; the answer: its id."""
-        return self._send(_Session.log_child, name, params, tags, series, final, artifacts)
+        """Log one finished run whole under the parent, with the data it read and its model;
+        the answer: its id."""
+        return self._send(
+            _Session.log_child, name, params, tags, series, final, artifacts, datasets, model
+        )
+
+    def register_model(
+        self, run_name: str, model_name: str, tags: Mapping[str, str], score: float
+    ) -> Reply[Registration]:
+        """Register child run ``run_name``'s model as a new version of ``model_name``, and move
+        the ``champion`` alias to it if its score (lower is better) beats the champion's."""
+        return self._send(_Session.register_model, run_name, model_name, tags, score)
 
     def attach_text(self, text: str, name: str) -> Reply[None]:
         """A text file on the parent run."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,6 +195,17 @@ def _echo_train_summary(summary: TrainSummary) -> None:
         f"training {summary.training_seconds:.1f} s, "
         f"files and MLflow {summary.logging_seconds:.1f} s"
     )
+    registered = summary.registration
+    if registered is not None:
+        champion = (
+            "now the champion"
+            if registered.moved
+            else f"the champion stays version {registered.champion}"
+        )
+        click.echo(
+            f"registered {registered.run_name}'s model as {registered.name} version "
+            f"{registered.version}: {champion}"
+        )
     click.echo(
         f"done in {summary.seconds:.1f} s on {summary.device} ({timing}); "
         f"MLflow parent run {summary.parent_run_id} in {summary.tracking_uri}"
@@ -308,19 +320,51 @@ def _listed(value: float | tuple[float, ...]) -> str:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=5000, show_default=True, type=int, help="Port to listen on.")
-def ui(host: str, port: int) -> None:
-    """Open the MLflow UI on the project's store (MLFLOW_TRACKING_URI, else mlflow.db)."""
+@click.option(
+    "--print-link",
+    is_flag=True,
+    help="Print the link to this project's runs in the UI, and exit.",
+)
+@params_option
+def ui(host: str, port: int, print_link: bool, params_path: Path) -> None:
+    """Open the MLflow UI on the project's store (MLFLOW_TRACKING_URI, else mlflow.db), and
+    print the link to this project's runs."""
     from pipeline import tracking
 
     uri = tracking.tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        click.echo(f"the store is a tracking server: browse {uri}")
+    server = uri.startswith(("http://", "https://"))
+    base = uri.rstrip("/") if server else f"http://{host}:{port}"
+    with _params_errors():
+        experiment = load_params(params_path, "skip").mlflow.experiment
+    try:
+        link = _runs_link(base, uri, experiment)
+    except TrackingUnavailable as error:
+        if print_link:
+            raise click.ClickException(str(error)) from None
+        link = f"{base}  ({error})"  # a server that is down: still say where it is
+    if print_link:
+        click.echo(link)
         return
-    mlflow = shutil.which("mlflow") or "mlflow"
-    click.echo(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C stops it)")
+    if server:
+        click.echo(f"the store is a tracking server: browse {link}")
+        return
+    # The venv's own mlflow, beside this Python: found even where the venv is not on PATH.
+    beside = Path(sys.executable).with_name("mlflow")
+    mlflow = str(beside) if beside.exists() else shutil.which("mlflow") or "mlflow"
+    click.echo(f"MLflow UI for {uri} on {base} (Ctrl-C stops it)\nThis project's runs: {link}")
     os.execvp(
         mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     )
+
+
+def _runs_link(base: str, uri: str, experiment: str) -> str:
+    """The UI page of the experiment's runs (MLflow 3 opens on its GenAI home otherwise)."""
+    from pipeline import tracking
+
+    experiment_id = tracking.experiment_id_of(uri, experiment)
+    if experiment_id is None:  # no train has run yet: the experiments list
+        return f"{base}/#/experiments"
+    return f"{base}/#/experiments/{experiment_id}/runs"
 
 
 def main() -> None:

@@ -99,3 +99,9 @@ def sha256_files(paths: Iterable[str | Path]) -> str:
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
     return digest.hexdigest()
+
+
+def md5_file(path: str | Path) -> str:
+    """The file's MD5, as DVC records it in ``dvc.lock`` (``md5:``): a name for its content."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "md5").hexdigest()

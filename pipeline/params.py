@@ -101,6 +101,11 @@ class AnalysisParams(_Frozen):
 
 class MlflowParams(_Frozen):
     experiment: Annotated[str, Field(min_length=1, max_length=200)] = "lr-schedulers"
+    # Where each train registers its best run's model (alias `champion`: the best so far);
+    # null: register nothing.
+    registered_model: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")] | None = (
+        "lrsched-logicnet"
+    )
 
 
 class _RawParams(_Frozen):

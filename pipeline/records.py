@@ -2,20 +2,24 @@
 
 Per-step metrics go through ``log_batch`` in chunks of MLflow's limit, never one round trip per
 value. Opening a ``Recorder`` checks the store at once and repairs what a killed train left.
+Each child run logs its trained model (:mod:`pipeline.mlflow_model`) and the data it read as
+dataset inputs; the best run's model is registered in the Model Registry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from mlflow.entities import Metric, Param
+import mlflow
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import (
@@ -24,7 +28,7 @@ from mlflow.utils.validation import (
     MAX_PARAMS_TAGS_PER_BATCH,
 )
 
-from pipeline import files
+from pipeline import files, mlflow_model
 from pipeline.tracking import (
     DEFAULT_ARTIFACTS,
     FAILURE_TAG,
@@ -32,10 +36,16 @@ from pipeline.tracking import (
     OUTPUTS_TAG,
     PARENT_KIND_TAG,
     PID_TAG,
+    DataFile,
+    ModelToLog,
+    Registration,
     TrackingUnavailable,
     fail_fast_over_http,
     first_line,
 )
+
+CHAMPION = "champion"  # the registered model's alias: the best version so far
+SCORE_TAG = "final_loss"  # a version's score: lower is better (the ranking's order)
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -114,10 +124,15 @@ class Recorder:
         }
         self.parent_id: str | None = None
         self.finished = False
+        self.model_ids: dict[str, tuple[str, str]] = {}  # run name -> (run id, model id)
         try:
             with store_lock(uri):
+                # Logging a model goes through MLflow's fluent API, which reads the global URI.
+                mlflow.set_tracking_uri(uri)
                 self.client = MlflowClient(tracking_uri=uri)
                 self.experiment_id = experiment_id(self.client, experiment, uri)
+                # Logged models go to the fluent API's experiment, not their run's.
+                mlflow.set_experiment(experiment_id=self.experiment_id)
                 self.reaped = self._reap_abandoned_runs()
         except (MlflowException, OSError) as error:
             raise TrackingUnavailable(
@@ -155,7 +170,13 @@ class Recorder:
             if status == "FINISHED":
                 raise
 
-    def start(self, name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
+    def start(
+        self,
+        name: str,
+        params: Mapping[str, str],
+        tags: Mapping[str, str],
+        datasets: Sequence[DataFile] = (),
+    ) -> str:
         """Open the parent run; the child runs go under it."""
         run = self.client.create_run(
             self.experiment_id,
@@ -164,6 +185,8 @@ class Recorder:
         )
         self.parent_id = run.info.run_id
         self.log(self.parent_id, params=params)
+        if datasets:
+            self.client.log_inputs(self.parent_id, datasets=dataset_inputs(datasets))
         return self.parent_id
 
     def finish(self, status: str, reason: str | None = None) -> None:
@@ -196,8 +219,11 @@ class Recorder:
         series: Mapping[str, Iterable[float]],
         final: Mapping[str, float],
         artifacts: Mapping[str, Path],
+        datasets: Sequence[DataFile] = (),
+        model: ModelToLog | None = None,
     ) -> str:
-        """Log one finished run whole: params, tags, per-step series, final metrics, files."""
+        """Log one finished run whole: params, tags, per-step series, final metrics, files,
+        the data it read, its model."""
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
@@ -211,16 +237,62 @@ class Recorder:
         run_id = run.info.run_id
         status = "FAILED"
         try:
+            self.log(run_id, params=params)
+            model_id = None
+            if model is not None:
+                # Before the metrics: logging a model reads back every metric's whole history
+                # (to link the current step's values to the model), seconds for 1000-step runs.
+                # The final metrics are linked to it below instead.
+                example = mlflow_model.input_example(model.example)
+                model_id = mlflow_model.log(model.weights, example, run_id)
+                self.model_ids[name] = (run_id, model_id)
             now = int(time.time() * 1000)
             metrics = step_metrics(series, now)
-            metrics += [Metric(key, float(value), now, 0) for key, value in final.items()]
-            self.log(run_id, params=params, metrics=metrics)
+            metrics += [
+                Metric(key, float(value), now, 0, model_id=model_id) for key, value in final.items()
+            ]
+            self.log(run_id, metrics=metrics)
             for folder, path in artifacts.items():
                 self.client.log_artifact(run_id, str(path), artifact_path=folder)
+            if datasets:
+                self.client.log_inputs(run_id, datasets=dataset_inputs(datasets))
             status = "FINISHED"
         finally:
             self._terminate(run_id, status)
         return run_id
+
+    def register(
+        self, run_name: str, model_name: str, tags: Mapping[str, str], score: float
+    ) -> Registration:
+        """Register the model of child run ``run_name`` as a new version of ``model_name``;
+        point the ``champion`` alias at it if its score (final loss) beats the champion's."""
+        run_id, model_id = self.model_ids[run_name]
+        with contextlib.suppress(MlflowException):  # it exists already: a new version of it
+            self.client.create_registered_model(model_name)
+        version = self.client.create_model_version(
+            model_name,
+            source=f"models:/{model_id}",
+            run_id=run_id,
+            tags={**tags, SCORE_TAG: repr(score), "run_name": run_name},
+            model_id=model_id,
+        ).version
+        champion = self._champion(model_name)
+        moved = champion is None or score < float(champion.tags.get(SCORE_TAG, "inf"))
+        if moved:
+            self.client.set_registered_model_alias(model_name, CHAMPION, version)
+        return Registration(
+            model_name,
+            str(version),
+            run_name,
+            str(version) if moved else str(champion.version),
+            moved,
+        )
+
+    def _champion(self, model_name: str):
+        try:
+            return self.client.get_model_version_by_alias(model_name, CHAMPION)
+        except MlflowException:  # no alias yet
+            return None
 
     def log(
         self,
@@ -233,6 +305,26 @@ class Recorder:
             self.client.log_batch(
                 run_id, params=param_chunk, metrics=metric_chunk, synchronous=True
             )
+
+
+def dataset_inputs(datasets: Iterable[DataFile]) -> list[DatasetInput]:
+    """MLflow dataset inputs: name the DVC path, digest the DVC MD5, source path + revision."""
+    return [
+        DatasetInput(
+            Dataset(
+                name=data.path,
+                digest=data.md5,
+                source_type="dvc",
+                source=json.dumps({"path": data.path, "rev": data.revision, "md5": data.md5}),
+                schema=json.dumps(
+                    {"mlflow_colspec": [{"type": t, "name": n} for n, t in data.columns]}
+                ),
+                profile=json.dumps({"num_rows": data.rows}),
+            ),
+            tags=[InputTag("mlflow.data.context", data.context)],
+        )
+        for data in datasets
+    ]
 
 
 def find_train_run(uri: str, experiment: str, metrics_digest: str) -> str | None:

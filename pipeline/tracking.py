@@ -9,10 +9,14 @@ process: ``pipeline.background``).
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import os
 import platform
+import sqlite3
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +59,41 @@ def tracking_uri(root: str | Path | None = None) -> str:
     return f"sqlite:///{(Path(root) / DEFAULT_STORE).resolve()}"
 
 
+def experiment_id_of(uri: str, name: str) -> str | None:
+    """The id of experiment ``name`` in the store, or None where it has none (yet).
+
+    An embedded store is read with SQLite itself, read-only: a missing file stays missing, and
+    nothing waits seconds for MLflow's import.
+    """
+    if uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///"))
+        if not database.exists():
+            return None
+        try:
+            with contextlib.closing(
+                sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)
+            ) as db:
+                row = db.execute(
+                    "SELECT experiment_id FROM experiments "
+                    "WHERE name = ? AND lifecycle_stage = 'active'",
+                    (name,),
+                ).fetchone()
+        except sqlite3.Error:  # not (yet) an MLflow store
+            return None
+        return str(row[0]) if row else None
+    fail_fast_over_http(uri)
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        found = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
+    except MlflowException as error:
+        raise TrackingUnavailable(
+            f"cannot read the MLflow store {uri}: {first_line(error)}"
+        ) from None
+    return found.experiment_id if found else None
+
+
 def git_state(root: str | Path = ".") -> dict[str, str]:
     """The commit the code came from, and whether the work tree differed from it."""
 
@@ -73,6 +112,59 @@ def git_state(root: str | Path = ".") -> dict[str, str]:
         "git.dirty": str(dirty).lower(),
         "mlflow.source.git.commit": commit,
     }
+
+
+def source_tags(command: str) -> dict[str, str]:
+    """MLflow's own system tags, which fill the runs list's Source and User columns.
+
+    The source is the DVC stage when DVC runs the command (``DVC_STAGE``), else the command.
+    """
+    stage = os.environ.get("DVC_STAGE")
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry
+        user = "unknown"
+    return {
+        "mlflow.source.name": f"dvc.yaml:{stage}" if stage else command,
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": user,
+    }
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A data file a run read, as MLflow's dataset inputs name it (``MlflowClient.log_inputs``).
+
+    ``md5``: the file's MD5, the digest ``dvc.lock`` records for it, so two runs on the same data
+    show the same digest. The source is the file's DVC path and the git revision of the code.
+    """
+
+    path: str  # as dvc.yaml names it: data/train.csv
+    md5: str
+    rows: int
+    columns: tuple[tuple[str, str], ...]  # (name, MLflow type): ("x1", "double")
+    context: str  # MLflow's `mlflow.data.context`: training, testing, validation
+    revision: str  # the git commit the run's code came from
+
+
+@dataclass(frozen=True)
+class ModelToLog:
+    """A child run's model: one seed's weights (LogicNet's state dict as numpy arrays) and a few
+    input points for its example."""
+
+    weights: dict[str, Any]  # name -> float32 array
+    example: Any  # (n, 2) float64 array: its first points
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What registering a train's best model did."""
+
+    name: str
+    version: str
+    run_name: str
+    champion: str  # the version the alias points at now
+    moved: bool  # whether this registration moved the alias
 
 
 def environment_tags(device: str) -> dict[str, str]:

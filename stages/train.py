@@ -7,14 +7,15 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline import curves, data, files, report, stats, tracking
-from pipeline.background import RecordBug, RecordError, StoreUnavailable, Tracker
+from pipeline.background import RecordBug, RecordError, Reply, StoreUnavailable, Tracker
 from pipeline.batched import Replicate, run_results, train_batch
 from pipeline.model import stacked_weights, weights_bytes
 from pipeline.params import Params, try_schedules
@@ -48,6 +49,7 @@ class TrainSummary:
     training_seconds: float
     logging_seconds: float
     reaped: tuple[str, ...] = ()
+    registration: tracking.Registration | None = None
 
 
 def run(
@@ -91,14 +93,20 @@ def run(
                 f"{paths.train_data} or {paths.test_data} lacks the sets for (seed, noise) "
                 f"{missing or missing_tests}; re-run generate"
             )
+        git = tracking.git_state()
         lineage = {
-            **tracking.git_state(),
+            **git,
+            **tracking.source_tags("lrsched train"),
             **tracking.environment_tags(str(device)),
             "params.sha256": params.digest(),
             "data.sha256": files.sha256_files([paths.train_data, paths.test_data]),
         }
+        datasets = (
+            _data_file(paths.train_data, train_sets, "training", git["git.commit"]),
+            _data_file(paths.test_data, test_sets, "testing", git["git.commit"]),
+        )
         shared = tracking.flatten(_resolved(params))
-        parent = tracker.start_parent("train", shared, lineage)
+        parent = tracker.start_parent("train", shared, lineage, datasets)
 
         def step(index: int) -> None:
             on_step(index)
@@ -123,7 +131,7 @@ def run(
                 weights_path = models_tmp / f"{result.name}.pt"
                 weights = stacked_weights(list(result.seeds), list(result.state_dicts))
                 files.write_bytes(weights_path, weights_bytes(weights))
-                artifacts = {"model": weights_path, "curves": curve_path}
+                artifacts = {"weights": weights_path, "curves": curve_path}
                 if len(result.seeds) > 1:
                     seeds_path = curves_tmp / f"{result.name}.seeds.npy"
                     files.write_bytes(seeds_path, _per_seed_bytes(result))
@@ -136,7 +144,10 @@ def run(
                     curves.series(result),
                     {**result.final, **_ranking_metrics(ranked[result.name])},
                     artifacts,
+                    datasets,
+                    _model_to_log(result, test_sets[result.noise]),
                 )
+            registration = _register_best(tracker, params, rankings, lineage)
             table = _ranking_markdown(rankings, params)
             claims = report.check_claims(results, params)
             text = report.markdown(claims, table, params, paths.figures_link)
@@ -165,6 +176,7 @@ def run(
             training_seconds,
             logging_seconds,
             opened.get(),
+            registration.get() if registration else None,
         )
 
 
@@ -190,6 +202,44 @@ def _tracking_error(error: RecordError, uri: str) -> Exception:
         f"lost the MLflow store {uri} mid-run: {error.message}\n"
         "No output was written; the runs of this attempt are marked FAILED now, or by the "
         "next train on this host if the store cannot be reached."
+    )
+
+
+def _data_file(
+    path: Path, sets: Mapping[Any, data.Dataset], context: str, revision: str
+) -> tracking.DataFile:
+    columns = dict.fromkeys(data.SET_KEYS + data.HEADER, "double")
+    columns.update(seed="long", label="long")
+    return tracking.DataFile(
+        path=str(path),
+        md5=files.md5_file(path),
+        rows=sum(len(dataset) for dataset in sets.values()),
+        columns=tuple(columns.items()),
+        context=context,
+        revision=revision,
+    )
+
+
+def _model_to_log(result: RunResult, test_set: data.Dataset) -> tracking.ModelToLog:
+    """The run's first seed's model, with the first test points as its example."""
+    weights = {name: tensor.cpu().numpy() for name, tensor in result.state_dicts[0].items()}
+    return tracking.ModelToLog(weights, test_set.features[:5])
+
+
+def _register_best(
+    tracker: Tracker,
+    params: Params,
+    rankings: dict[float, list[stats.Ranked]],
+    lineage: Mapping[str, str],
+) -> Reply[tracking.Registration] | None:
+    """Register the model of the ranking's first at the first noise level (with seeds: its
+    first seed's model), scored by its mean final loss."""
+    if params.mlflow.registered_model is None:
+        return None
+    best = next(iter(rankings.values()))[0]
+    tags = {key: lineage[key] for key in ("git.commit", "params.sha256", "data.sha256")}
+    return tracker.register_model(
+        best.name, params.mlflow.registered_model, tags, best.final_loss[0]
     )
 
 

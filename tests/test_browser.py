@@ -51,11 +51,15 @@ def test_ui_lists_a_run_per_scheduler_and_charts_lr(project):
     base = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}"
     try:
         wait_for_http(f"http://127.0.0.1:{port}/health", ui, log)
+        # The page a newcomer is sent to: the link `lrsched ui` prints (and `make run`).
+        printed = [line for line in log.read_text().splitlines() if "This project's runs: " in line]
+        link = printed[0].split("This project's runs: ")[1]
+        assert link == f"{base}/runs"
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             try:
-                page.goto(f"{base}/runs", wait_until="load")
+                page.goto(link, wait_until="load")
                 page.get_by_text(f"{len(names) + 1} matching runs").wait_for(timeout=60_000)
                 # The children sit under their parent run: open it.
                 page.locator(".ag-root button.du-bois-light-btn-icon-only").first.click()

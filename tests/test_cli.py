@@ -87,7 +87,13 @@ def test_ui_points_to_a_tracking_server_instead_of_starting_one(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     result = CliRunner().invoke(cli, ["ui"])
     assert result.exit_code == 0
-    assert result.output == "the store is a tracking server: browse http://127.0.0.1:5999\n"
+    # Nothing listens there: it still says where the store is, and that it cannot be read.
+    assert result.output.startswith(
+        "the store is a tracking server: browse http://127.0.0.1:5999  (cannot read the MLflow "
+        "store http://127.0.0.1:5999: "
+    )
+    failed = CliRunner().invoke(cli, ["ui", "--print-link"])
+    assert failed.exit_code == 1 and "cannot read the MLflow store" in failed.output
 
 
 @pytest.mark.slow
