@@ -333,7 +333,9 @@ def ui(host: str, port: int, print_link: bool, params_path: Path) -> None:
 
     uri = tracking.tracking_uri()
     server = uri.startswith(("http://", "https://"))
-    base = uri.rstrip("/") if server else f"http://{host}:{port}"
+    # Listening on every address (in a container, say): the browser still goes to loopback.
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = uri.rstrip("/") if server else f"http://{shown_host}:{port}"
     with _params_errors():
         experiment = load_params(params_path, "skip").mlflow.experiment
     try:

@@ -141,6 +141,8 @@ def newcomer_project(tmp_path: Path) -> Path:
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(ROOT / name, project / name)
     shutil.copytree(ROOT / "requirements", project / "requirements")
+    (project / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts/venv_path.py", project / "scripts/venv_path.py")
     env = fresh_env(tmp_path)
     run(["git", "config", "user.name", "newcomer"], project, env)
     run(["git", "config", "user.email", "newcomer@example.com"], project, env)
@@ -164,6 +166,7 @@ def _stamp_after_inputs(folder: Path, stamps: tuple[str, ...]) -> None:
     inputs = [
         "Makefile",
         "pyproject.toml",
+        "scripts/venv_path.py",
         *(f"requirements/{r.name}" for r in (folder / "requirements").iterdir()),
     ]
     for names, age in ((inputs, 120), ([f".venv/{s}" for s in stamps], 60)):

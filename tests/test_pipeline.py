@@ -174,8 +174,17 @@ def test_mlflow_holds_every_run_with_its_steps_and_lineage(pipeline_run):
         assert {"final_loss", "test_accuracy", "rank"} <= set(final)
         for key, value in final.items():
             assert child.data.metrics[key] == pytest.approx(value, rel=1e-12)
-        artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "model")}
-        assert artifacts == {f"model/{name}.pt"}
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "weights")}
+        assert artifacts == {f"weights/{name}.pt"}
+        # Its model (tests/test_models.py checks what it predicts), and the data it read.
+        outputs = [output.model_id for output in child.outputs.model_outputs]
+        assert len(outputs) == 1
+        assert client.get_logged_model(outputs[0]).source_run_id == child.info.run_id
+        inputs = {i.dataset.name: i.dataset.digest for i in child.inputs.dataset_inputs}
+        assert inputs == {
+            path: hashlib.md5((root / path).read_bytes()).hexdigest()
+            for path in ("data/train.csv", "data/test.csv")
+        }
 
 
 def test_a_seed_sweep_as_a_dvc_experiment(pipeline_run):
