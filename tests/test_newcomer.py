@@ -69,6 +69,7 @@ EXPECTED = {
     ".venv/bin/dvc exp run -S train.lr=0.02": Expected(
         3, (r"^> lrsched train ", r"^> lrsched plot ", r"^Ran experiment\(s\): ")
     ),
+    ".venv/bin/dvc status": Expected(2, (r"up to date",)),
     ".venv/bin/dvc params diff": Expected(4, (r"^params\.yaml +train\.lr +0\.01 +0\.02$",)),
 }
 # Servers: started, checked, stopped. The link: what `make run` prints after "then open".
@@ -82,6 +83,8 @@ NOT_RUN = {
 }
 # A fenced block marked <!-- image-test: NAME --> is run word for word by `make image-test`.
 IMAGE_TEST = "the docker command `make image-test` runs word for word (scripts/image_test.py)"
+# A code span outside those sections that starts so is a command, and must run as shown.
+COMMAND_START = r"(\.venv/bin/|dvc |lrsched |mlflow |make |python |pytest |docker )"
 REQUIRED = ("make run", ".venv/bin/dvc repro", ".venv/bin/dvc exp run -S train.lr=0.02")
 
 
@@ -117,12 +120,13 @@ def readme_shown() -> list[Shown]:
     first = text.index("\n## ")
     start = text.index("\n## Commands\n")
     end = text.index("\n## ", start + 1)
-    for begin, stop_at in ((0, first), (start, end)):
-        prose = re.sub(
-            r"^```.*?^```", lambda m: " " * len(m[0]), text[begin:stop_at], flags=re.S | re.M
-        )
-        for span in re.finditer(r"`([^`\n]+)`", prose):
-            shown.append(Shown(span[1], f"README.md:{_line(text, begin + span.start())}"))
+    prose = re.sub(r"^```.*?^```", lambda m: " " * len(m[0]), text, flags=re.S | re.M)
+    for span in re.finditer(r"`([^`\n]+)`", prose):
+        # Every span of the opening and the Commands section; elsewhere, every span that is a
+        # command (it starts with a program a reader would type).
+        in_sections = span.start() < first or start <= span.start() < end
+        if in_sections or re.match(COMMAND_START, span[1]):
+            shown.append(Shown(span[1], f"README.md:{_line(text, span.start())}"))
     return shown
 
 
