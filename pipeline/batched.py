@@ -9,6 +9,10 @@ real torch scheduler each, fed their loss every step. Only the arithmetic is bat
 replicate equals its ``torch.optim`` + ``lr_scheduler`` twin
 (:func:`pipeline.reference.train_reference`) to float32 rounding. :func:`run_results` then
 groups the replicates back into the named runs of params.
+
+Given validation sets, the batch also records each replicate's loss on its workload's validation
+set after every update (the curve that "updates until the validation loss reaches a target"
+reads), with the same portable arithmetic as training; without them it computes nothing more.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ class BatchResult:
     losses: np.ndarray  # (replicates, epochs): the whole train set's loss before update i
     state_dicts: tuple[dict[str, torch.Tensor], ...]
     batch_sizes: np.ndarray  # (replicates, epochs): points each update trained on
+    # (replicates, epochs): the validation set's loss after update i (and its scheduler step);
+    # None when train_batch was given no validation sets.
+    validation_losses: np.ndarray | None = None
 
 
 class _Stack:
@@ -69,12 +76,17 @@ class _Stack:
         self.tensors = [stacked(name) for name in self.names]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        w1, b1, w2, b2 = self.tensors
-        hidden = torch.tanh(portable.linear(x, w1, b1))
-        return portable.linear(hidden, w2, b2)
+        return _logits(self.tensors, x)
 
     def layer_of(self, index: int) -> int:
         return LAYER_NAMES.index(self.names[index].split(".")[0])
+
+
+def _logits(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """LogicNet.forward of stacked weights (replicates first); ``x`` per replicate or shared."""
+    w1, b1, w2, b2 = weights
+    hidden = torch.tanh(portable.linear(x, w1, b1))
+    return portable.linear(hidden, w2, b2)
 
 
 class _Rates:
@@ -119,8 +131,17 @@ def train_batch(
     datasets: Mapping[tuple[int, float], Dataset],
     device: torch.device,
     on_step: Callable[[int], None] = lambda step: None,
+    validation: Mapping[float, Dataset] | None = None,
 ) -> BatchResult:
-    """Train every replicate at once; ``datasets[replicate.data_key]`` is its train set."""
+    """Train every replicate at once; ``datasets[replicate.data_key]`` is its train set.
+
+    ``validation[replicate.noise]``, when given, is its validation set: keyed by noise, like the
+    test sets of :func:`run_results`, since a noise level is a workload (one data distribution)
+    whose every run (seed, rate, schedule) is measured on the same held-out points. After each
+    update and scheduler step, every replicate's loss on the whole of its validation set (also
+    for a ``batch_size`` schedule) is computed without gradient and returned as
+    ``validation_losses``. Without ``validation`` nothing more is computed.
+    """
     models = [initial_model(params, torch.device("cpu"), seed=r.seed) for r in replicates]
     stack = _Stack(models, device)
     pairs = [tensors(datasets[replicate.data_key], device) for replicate in replicates]
@@ -131,6 +152,7 @@ def train_batch(
     optimizer = _BatchedOptimizer(stack, params, device)
 
     batches = _MiniBatches(replicates, params.train.epochs, samples, device)
+    validating = None if validation is None else _Validation(replicates, validation, params, device)
 
     losses = torch.empty(count, params.train.epochs, dtype=torch.float32, device=device)
     needs_values = bool(rates.plateaus)
@@ -149,6 +171,8 @@ def train_batch(
         if needs_values:  # one device sync per step, only when a replicate watches its loss
             accuracy = (logits.argmax(dim=2) == y).float().mean(dim=1)
             rates.advance(step, full_losses.detach().cpu().numpy(), accuracy.cpu().numpy())
+        if validating is not None:  # after the update and the scheduler step, as the twin does
+            validating.record(step, stack)
         on_step(step)
 
     state_dicts = tuple(
@@ -164,7 +188,56 @@ def train_batch(
         losses.cpu().numpy().astype(np.float64),
         state_dicts,
         batches.sizes,
+        None if validating is None else validating.losses.cpu().numpy().astype(np.float64),
     )
+
+
+class _Validation:
+    """Each replicate's loss on its validation set, the arithmetic of the training loss.
+
+    The replicates of one validation set (one noise level) are evaluated together, the set's
+    points broadcast against their stacked weights rather than copied once per replicate.
+    """
+
+    def __init__(
+        self,
+        replicates: Sequence[Replicate],
+        sets: Mapping[float, Dataset],
+        params: Params,
+        device: torch.device,
+    ) -> None:
+        rows: dict[float, list[int]] = {}
+        for index, replicate in enumerate(replicates):
+            rows.setdefault(replicate.noise, []).append(index)
+        missing = sorted(set(rows) - set(sets))
+        if missing:
+            raise ValueError(f"validation lacks the sets of noise {missing}")
+        everyone = len(rows) == 1  # one set for all: no gather of the weights each step
+        self.groups = [
+            (
+                *tensors(sets[noise], device),
+                None if everyone else torch.tensor(indices, dtype=torch.long, device=device),
+            )
+            for noise, indices in rows.items()
+        ]
+        self.losses = torch.empty(
+            len(replicates), params.train.epochs, dtype=torch.float32, device=device
+        )
+
+    @torch.no_grad()
+    def record(self, step: int, stack: _Stack) -> None:
+        for x, y, rows in self.groups:
+            weights = stack.tensors if rows is None else [t[rows] for t in stack.tensors]
+            logits = _logits(weights, x)  # (replicates, samples, 2): x broadcasts
+            count, samples = logits.shape[:2]
+            per_sample = F.cross_entropy(
+                logits.reshape(-1, 2), y.expand(count, samples).reshape(-1), reduction="none"
+            )
+            means = per_sample.view(count, samples).mean(dim=1)
+            if rows is None:
+                self.losses[:, step] = means
+            else:
+                self.losses[rows, step] = means
 
 
 class _MiniBatches:

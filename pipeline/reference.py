@@ -30,6 +30,9 @@ class ReferenceResult:
     losses: np.ndarray  # (epochs,): the whole train set's loss before update i
     state_dict: dict[str, torch.Tensor]
     final: dict[str, float]
+    # (epochs,): the validation set's loss after update i (and its scheduler step); None when
+    # train_reference was given no validation set.
+    validation_losses: np.ndarray | None = None
 
 
 def train_reference(
@@ -38,8 +41,13 @@ def train_reference(
     train_set: Dataset,
     test_set: Dataset,
     device: torch.device,
+    validation: Dataset | None = None,
 ) -> ReferenceResult:
-    """Train one model under ``spec`` from ``params.seed``, as a plain torch loop would."""
+    """Train one model under ``spec`` from ``params.seed``, as a plain torch loop would.
+
+    With a ``validation`` set (the batch's ``validation[noise]``), the loss of the whole set is
+    computed without gradient after each update and scheduler step: ``validation_losses``.
+    """
     epochs = params.train.epochs
     lr = params.train.lr
     if isinstance(lr, tuple):
@@ -61,6 +69,10 @@ def train_reference(
     rates = np.empty((epochs, len(optimizer.param_groups)))
     losses = torch.empty(epochs, device=device)
     needs_values = spec.monitor is not None
+    # The validation set's features, labels and the loss after each update.
+    validating = None
+    if validation is not None:
+        validating = (*tensors(validation, device), torch.empty(epochs, device=device))
     for index in range(epochs):
         rates[index] = schedule.rates()
         logits = model(x)
@@ -77,6 +89,10 @@ def train_reference(
             schedule.step(index, loss.item(), accuracy)
         else:
             schedule.step(index, 0.0, 0.0)
+        if validating is not None:  # after the update and the scheduler step, as the batch does
+            valid_x, valid_y, valid_losses = validating
+            with torch.no_grad():
+                valid_losses[index] = model.criterion(model(valid_x), valid_y)
 
     final = evaluate(model, x, y, *tensors(test_set, device))
     final["final_lr"] = float(rates[-1, 0])
@@ -87,4 +103,7 @@ def train_reference(
         losses=losses.cpu().numpy().astype(np.float64),
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         final=final,
+        validation_losses=(
+            None if validating is None else validating[2].cpu().numpy().astype(np.float64)
+        ),
     )

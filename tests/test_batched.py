@@ -159,3 +159,192 @@ def test_every_point_of_a_grid_equals_a_separate_run_at_that_point():
         twin = train_reference(replicate.spec, point, own_data, own_data, torch.device("cpu"))
         np.testing.assert_allclose(batch.rates[index, :, 0], twin.rates[:, 0], rtol=1e-12)
         np.testing.assert_allclose(batch.losses[index], twin.losses, rtol=0, atol=1e-6)
+
+
+# The validation loss after every update (train_batch's and train_reference's ``validation``).
+VALIDATION_SCHEDULES = ("StepLR", "ReduceLROnPlateau", "LambdaLR", "OneCycleLR", "growing_batch")
+
+
+def _validation_params(epochs: int, noise=None, trained_epochs: int | None = None):
+    """Tiny params with the schedules above; ``trained_epochs`` shortens the run, its schedules
+    (their step counts fixed by ``epochs``) unchanged."""
+    document = tiny_document(epochs=epochs)
+    document["schedulers"] = {name: document["schedulers"][name] for name in VALIDATION_SCHEDULES}
+    if noise is not None:
+        document["data"]["noise"] = noise
+    if trained_epochs is not None:
+        document["train"]["epochs"] = trained_epochs
+    return parse_params(document)
+
+
+def _validation_sets(params, noises):
+    """One held-out set per noise level, drawn as the test sets are (their own seed)."""
+    test = params.data.test
+    return {noise: data.generate(test.n_samples, noise, test.seed) for noise in noises}
+
+
+def _plain_loss(state_dict, dataset) -> float:
+    """The loss of weights on a set with plain torch ops (matmul, float64), no pipeline code."""
+    x = torch.from_numpy(dataset.features)
+    names = ("Liner1.weight", "Liner1.bias", "Liner2.weight", "Liner2.bias")
+    w1, b1, w2, b2 = (state_dict[name].double() for name in names)
+    logits = torch.tanh(x @ w1.T + b1) @ w2.T + b2
+    return torch.nn.functional.cross_entropy(logits, torch.from_numpy(dataset.labels)).item()
+
+
+@pytest.mark.slow  # 16 runs batched, then each one alone
+def test_batched_validation_losses_equal_the_torch_twins():
+    """Over two noise levels (two validation sets) and schedules incl. ReduceLROnPlateau, per-layer
+    LambdaLR and the growing batch: the same standard as the training losses."""
+    make_deterministic()
+    params = _validation_params(epochs=100, noise=[0.1, 0.3])
+    seeds = (42, 7)
+    noises = [point.noise for point in params.grid]
+    datasets = {
+        (seed, noise): data.generate(params.data.n_samples, noise, seed)
+        for noise in noises
+        for seed in seeds
+    }
+    validation = _validation_sets(params, noises)
+    replicates = [
+        Replicate(r.spec, s, r.point.lr, r.point.noise) for r in params.runs for s in seeds
+    ]
+    batch = train_batch(replicates, params, datasets, torch.device("cpu"), validation=validation)
+    assert batch.validation_losses is not None
+    assert batch.validation_losses.shape == (len(replicates), 100)
+    assert batch.validation_losses.dtype == np.float64
+    for index, replicate in enumerate(replicates):
+        point = next(p for p in params.grid if p.noise == replicate.noise)
+        twin = train_reference(
+            replicate.spec,
+            dataclasses.replace(params.at(point), seed=replicate.seed),
+            datasets[replicate.data_key],
+            datasets[replicate.data_key],
+            torch.device("cpu"),
+            validation=validation[replicate.noise],
+        )
+        label = f"{replicate.spec.name} seed {replicate.seed} noise {replicate.noise}"
+        assert twin.validation_losses is not None
+        np.testing.assert_allclose(batch.losses[index], twin.losses, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            batch.validation_losses[index], twin.validation_losses, rtol=0, atol=1e-6, err_msg=label
+        )
+    # Each set is its own: the two noise levels' validation losses are not the same curves.
+    by_noise = [batch.validation_losses[[r.noise == n for r in replicates]] for n in noises]
+    assert np.abs(by_noise[0] - by_noise[1]).max() > 1e-2
+
+
+def test_the_validation_loss_after_update_i_is_the_train_loss_before_update_i_plus_1():
+    """With the train set as validation set, the loss after update i is, bit for bit, the train
+    loss recorded before update i + 1, in the batch and in its twin: recorded after the update
+    (and the scheduler step), with the training loss's own arithmetic, and of the whole set even
+    where the update trained on a mini-batch."""
+    make_deterministic()
+    params = _validation_params(epochs=60)
+    noise = params.data.noise
+    train_set = data.generate(params.data.n_samples, noise, params.seed)
+    replicates = [Replicate(spec, params.seed, params.train.lr, noise) for spec in params.schedules]
+    batch = train_batch(
+        replicates,
+        params,
+        {replicates[0].data_key: train_set},
+        torch.device("cpu"),
+        validation={noise: train_set},
+    )
+    assert batch.validation_losses is not None
+    np.testing.assert_array_equal(batch.validation_losses[:, :-1], batch.losses[:, 1:])
+    assert (batch.batch_sizes[-1] < len(train_set)).any()  # the growing batch's mini-batches
+    for spec in params.schedules:
+        twin = train_reference(
+            spec, params, train_set, train_set, torch.device("cpu"), validation=train_set
+        )
+        assert twin.validation_losses is not None
+        np.testing.assert_array_equal(twin.validation_losses[:-1], twin.losses[1:])
+
+
+def test_the_validation_loss_at_update_t_is_the_loss_of_the_weights_after_t_updates():
+    """A run re-trained for exactly t updates ends with the weights of update t: the loss of those
+    weights on the validation set, computed with plain torch, is the validation loss at t."""
+    make_deterministic()
+    epochs, seeds = 90, (42, 7)
+    params = _validation_params(epochs=epochs)
+    noise = params.data.noise
+    datasets = {(s, noise): data.generate(params.data.n_samples, noise, s) for s in seeds}
+    validation = _validation_sets(params, [noise])
+    replicates = [
+        Replicate(spec, s, params.train.lr, noise)
+        for spec in params.schedules
+        if spec.name in ("ReduceLROnPlateau", "LambdaLR", "growing_batch")
+        for s in seeds
+    ]
+    full = train_batch(replicates, params, datasets, torch.device("cpu"), validation=validation)
+    assert full.validation_losses is not None
+    for updates in (1, 37, epochs):
+        short_params = _validation_params(epochs=epochs, trained_epochs=updates)
+        short = train_batch(
+            replicates, short_params, datasets, torch.device("cpu"), validation=validation
+        )
+        assert short.validation_losses is not None
+        # The same trajectory for its first t updates, the validation losses included.
+        np.testing.assert_array_equal(short.losses, full.losses[:, :updates])
+        np.testing.assert_array_equal(short.validation_losses, full.validation_losses[:, :updates])
+        for index, replicate in enumerate(replicates):
+            direct = _plain_loss(short.state_dicts[index], validation[noise])
+            label = f"{replicate.spec.name} seed {replicate.seed} after {updates} updates"
+            assert full.validation_losses[index, updates - 1] == pytest.approx(
+                direct, rel=1e-6, abs=1e-7
+            ), label
+            if updates == epochs:  # the full run's own final weights, too
+                assert _plain_loss(full.state_dicts[index], validation[noise]) == pytest.approx(
+                    direct, rel=1e-6, abs=1e-7
+                ), label
+
+
+def test_without_validation_the_batch_and_the_twin_are_unchanged():
+    """No validation: no validation array; with it, training itself is bit for bit the same."""
+    make_deterministic()
+    params = _validation_params(epochs=50)
+    noise = params.data.noise
+    seeds = (42, 7)
+    datasets = {(s, noise): data.generate(params.data.n_samples, noise, s) for s in seeds}
+    validation = _validation_sets(params, [noise])
+    replicates = [
+        Replicate(spec, s, params.train.lr, noise) for spec in params.schedules for s in seeds
+    ]
+    plain = train_batch(replicates, params, datasets, torch.device("cpu"))
+    validated = train_batch(
+        replicates, params, datasets, torch.device("cpu"), validation=validation
+    )
+    assert plain.validation_losses is None
+    assert validated.validation_losses is not None
+    for field in ("rates", "losses", "batch_sizes"):
+        assert getattr(plain, field).tobytes() == getattr(validated, field).tobytes(), field
+    for a, b in zip(plain.state_dicts, validated.state_dicts, strict=True):
+        assert all(torch.equal(a[name], b[name]) for name in a)
+
+    spec = params.schedule("ReduceLROnPlateau")  # its loss feeds the scheduler: still the train's
+    train_set = datasets[(params.seed, noise)]
+    alone = train_reference(spec, params, train_set, train_set, torch.device("cpu"))
+    checked = train_reference(
+        spec, params, train_set, train_set, torch.device("cpu"), validation=validation[noise]
+    )
+    assert alone.validation_losses is None
+    np.testing.assert_array_equal(alone.rates, checked.rates)
+    np.testing.assert_array_equal(alone.losses, checked.losses)
+    assert alone.final == checked.final
+    assert all(torch.equal(alone.state_dict[n], checked.state_dict[n]) for n in alone.state_dict)
+
+
+def test_a_noise_level_without_a_validation_set_is_a_clear_error():
+    params = _validation_params(epochs=5)
+    noise = params.data.noise
+    replicates = [Replicate(params.schedules[0], params.seed, params.train.lr, noise)]
+    datasets = {replicates[0].data_key: data.generate(params.data.n_samples, noise, params.seed)}
+    with pytest.raises(ValueError, match=r"validation lacks the sets of noise \[0\.2\]"):
+        train_batch(
+            replicates,
+            params,
+            datasets,
+            torch.device("cpu"),
+            validation={0.3: datasets[replicates[0].data_key]},
+        )
