@@ -20,6 +20,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import (
@@ -267,8 +268,11 @@ class Recorder:
         """Register the model of child run ``run_name`` as a new version of ``model_name``;
         point the ``champion`` alias at it if its score (final loss) beats the champion's."""
         run_id, model_id = self.model_ids[run_name]
-        with contextlib.suppress(MlflowException):  # it exists already: a new version of it
+        try:
             self.client.create_registered_model(model_name)
+        except MlflowException as error:
+            if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise  # it exists already: then this is a new version of it
         version = self.client.create_model_version(
             model_name,
             source=f"models:/{model_id}",
@@ -277,22 +281,18 @@ class Recorder:
             model_id=model_id,
         ).version
         champion = self._champion(model_name)
-        moved = champion is None or score < float(champion.tags.get(SCORE_TAG, "inf"))
-        if moved:
-            self.client.set_registered_model_alias(model_name, CHAMPION, version)
-        return Registration(
-            model_name,
-            str(version),
-            run_name,
-            str(version) if moved else str(champion.version),
-            moved,
-        )
+        if champion is not None and score >= float(champion.tags.get(SCORE_TAG, "inf")):
+            return Registration(model_name, str(version), run_name, str(champion.version), False)
+        self.client.set_registered_model_alias(model_name, CHAMPION, version)
+        return Registration(model_name, str(version), run_name, str(version), True)
 
-    def _champion(self, model_name: str):
+    def _champion(self, model_name: str) -> ModelVersion | None:
         try:
             return self.client.get_model_version_by_alias(model_name, CHAMPION)
-        except MlflowException:  # no alias yet
-            return None
+        except MlflowException as error:
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None  # no alias yet
+            raise
 
     def log(
         self,
