@@ -169,69 +169,31 @@ class Workload(_Frozen):
         return {"train": self.n_train, "validation": self.n_validation, "test": self.n_test}[split]
 
 
+# The tutorial's problem, and variants that each change one thing from it.
+TUTORIAL = Workload(
+    name="tutorial",
+    generator="moons",
+    n_train=20,
+    n_validation=200,
+    n_test=500,
+    noise=0.2,
+    epochs=1000,
+    hidden_dim=3,
+)
 DEFAULT_WORKLOADS: tuple[Workload, ...] = (
-    Workload(
-        name="tutorial",
-        generator="moons",
-        n_train=20,
-        n_validation=200,
-        n_test=500,
-        noise=0.2,
-        epochs=1000,
-        hidden_dim=3,
-    ),
-    Workload(
-        name="more_points",
-        generator="moons",
-        n_train=100,
-        n_validation=200,
-        n_test=500,
-        noise=0.2,
-        epochs=1000,
-        hidden_dim=3,
-    ),
-    Workload(
-        name="more_noise",
-        generator="moons",
-        n_train=20,
-        n_validation=200,
-        n_test=500,
-        noise=0.35,
-        epochs=1000,
-        hidden_dim=3,
-    ),
-    Workload(
-        name="long_budget",
-        generator="moons",
-        n_train=20,
-        n_validation=200,
-        n_test=500,
-        noise=0.2,
-        epochs=3000,
-        hidden_dim=3,
-    ),
-    Workload(
-        name="wide_hidden",
-        generator="moons",
-        n_train=20,
-        n_validation=200,
-        n_test=500,
-        noise=0.2,
-        epochs=1000,
-        hidden_dim=16,
-        held_out=True,
-    ),
-    Workload(
-        name="circles",
-        generator="circles",
-        factor=0.5,
-        n_train=20,
-        n_validation=200,
-        n_test=500,
-        noise=0.1,
-        epochs=1000,
-        hidden_dim=3,
-        held_out=True,
+    TUTORIAL,
+    TUTORIAL.model_copy(update={"name": "more_points", "n_train": 100}),
+    TUTORIAL.model_copy(update={"name": "more_noise", "noise": 0.35}),
+    TUTORIAL.model_copy(update={"name": "long_budget", "epochs": 3000}),
+    TUTORIAL.model_copy(update={"name": "wide_hidden", "hidden_dim": 16, "held_out": True}),
+    TUTORIAL.model_copy(
+        update={
+            "name": "circles",
+            "generator": "circles",
+            "factor": 0.5,
+            "noise": 0.1,
+            "held_out": True,
+        }
     ),
 )
 

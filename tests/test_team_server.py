@@ -12,25 +12,9 @@ from mlflow.tracking import MlflowClient
 from stages.plot import FIGURES
 from tests.conftest import BIN, make_project, project_env, run
 from tests.servers import mlflow_server, postgres
-from tests.test_models import torch_probabilities
+from tests.test_models import newest_train, torch_probabilities
 
 pytestmark = pytest.mark.slow
-
-
-def newest_children(uri: str) -> dict:
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("lr-schedulers")
-    parent = client.search_runs(
-        [experiment.experiment_id],
-        filter_string="tags.`lrsched.kind` = 'train'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )[0]
-    children = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-    )
-    return client, parent, {child.data.tags["scheduler"]: child for child in children}
 
 
 def test_pipeline_against_a_postgres_backed_server_matches_the_embedded_store(
@@ -42,7 +26,8 @@ def test_pipeline_against_a_postgres_backed_server_matches_the_embedded_store(
         assert server.url.startswith("http://127.0.0.1:")
         run([str(BIN / "dvc"), "repro"], project, {**env, "MLFLOW_TRACKING_URI": server.url})
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)  # for models:/ below
-        remote, remote_parent, remote_runs = newest_children(server.url)
+        remote = MlflowClient(tracking_uri=server.url)
+        remote_parent, remote_runs = newest_train(remote)
         figures = {a.path for a in remote.list_artifacts(remote_parent.info.run_id, "figures")}
         weights = {
             a.path for a in remote.list_artifacts(remote_runs["StepLR"].info.run_id, "weights")
@@ -65,7 +50,8 @@ def test_pipeline_against_a_postgres_backed_server_matches_the_embedded_store(
 
     # The same stage against the embedded store: the same runs, values and step counts.
     run([str(BIN / "dvc"), "repro", "-f", "-s", "train"], project, env)
-    local, _, local_runs = newest_children(f"sqlite:///{project / 'mlflow.db'}")
+    local = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    _, local_runs = newest_train(local)
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert sorted(remote_runs) == sorted(local_runs) == sorted(params["schedulers"])
     for name, local_run in local_runs.items():
