@@ -25,7 +25,7 @@ import os
 import signal
 import traceback
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
@@ -331,3 +331,28 @@ class Tracker:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def failed_run_on_error(tracker: Tracker, uri: str) -> Iterator[None]:
+    """On any error, close the parent run FAILED; say what a failed record means."""
+    try:
+        yield
+    except BaseException as error:
+        with contextlib.suppress(RecordError):  # the process may be gone
+            tracker.finish_parent("FAILED")
+        if isinstance(error, RecordError):
+            raise tracking_error(error, uri) from None
+        raise
+
+
+def tracking_error(error: RecordError, uri: str) -> Exception:
+    if isinstance(error, StoreUnavailable):  # the store could not be opened: the message says so
+        return TrackingUnavailable(error.message)
+    if isinstance(error, RecordBug):
+        return RuntimeError(f"recording to MLflow failed in {error.operation}:\n{error.message}")
+    return TrackingUnavailable(
+        f"lost the MLflow store {uri} mid-run: {error.message}\n"
+        "No output was written; the runs of this attempt are marked FAILED now, or by the "
+        "next train on this host if the store cannot be reached."
+    )

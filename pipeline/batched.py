@@ -59,9 +59,10 @@ class BatchResult:
     losses: np.ndarray  # (replicates, epochs): the whole train set's loss before update i
     state_dicts: tuple[dict[str, torch.Tensor], ...]
     batch_sizes: np.ndarray  # (replicates, epochs): points each update trained on
-    # (replicates, epochs): the validation set's loss after update i (and its scheduler step);
-    # None when train_batch was given no validation sets.
+    # (replicates, evaluations): the validation set's loss after each evaluated update (and its
+    # scheduler step); None when train_batch was given no validation sets.
     validation_losses: np.ndarray | None = None
+    evaluated: np.ndarray | None = None  # (evaluations,): the 0-based updates evaluated
 
 
 class _Stack:
@@ -90,9 +91,12 @@ def _logits(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 
 
 class _Rates:
-    """Each replicate's rate and momentum per layer at each step, from torch's schedulers."""
+    """Each replicate's rate and momentum per layer at each step, from torch's schedulers (or,
+    with ``closed_forms``, their vectorised equivalents where one exists: same rates to 1e-12)."""
 
-    def __init__(self, replicates: Sequence[Replicate], params: Params) -> None:
+    def __init__(
+        self, replicates: Sequence[Replicate], params: Params, closed_forms: bool = False
+    ) -> None:
         train = params.train
         self.epochs = train.epochs
         self.table = np.empty((len(replicates), train.epochs, 2))
@@ -107,9 +111,14 @@ class _Rates:
                 self.plateaus.append((index, Schedule(replicate.spec, optimizer, train.epochs)))
                 continue
             # trace() keeps each schedule's trace: the seeds of one schedule share it.
-            rates, momenta = trace(
-                replicate.spec, train.epochs, replicate.lr, train.optimizer, train.momentum
-            )
+            spec, lr = replicate.spec, replicate.lr
+            arguments = (spec, train.epochs, lr, train.optimizer, train.momentum)
+            found = None
+            if closed_forms:  # imported here: the train stage never needs it
+                from pipeline import rate_tables
+
+                found = rate_tables.closed_form(*arguments)
+            rates, momenta = found if found is not None else trace(*arguments)
             self.table[index] = np.repeat(rates, 2 // rates.shape[1], axis=1)
             self.momenta[index] = np.repeat(momenta, 2 // momenta.shape[1], axis=1)
 
@@ -132,6 +141,8 @@ def train_batch(
     device: torch.device,
     on_step: Callable[[int], None] = lambda step: None,
     validation: Mapping[float, Dataset] | None = None,
+    evaluate_every: int = 1,
+    closed_forms: bool = False,
 ) -> BatchResult:
     """Train every replicate at once; ``datasets[replicate.data_key]`` is its train set.
 
@@ -140,7 +151,9 @@ def train_batch(
     whose every run (seed, rate, schedule) is measured on the same held-out points. After each
     update and scheduler step, every replicate's loss on the whole of its validation set (also
     for a ``batch_size`` schedule) is computed without gradient and returned as
-    ``validation_losses``. Without ``validation`` nothing more is computed.
+    ``validation_losses``: after every ``evaluate_every``-th update and after the last (the
+    updates listed in ``evaluated``). Without ``validation`` nothing more is computed.
+    ``closed_forms`` replaces torch's scheduler loop by :mod:`pipeline.rate_tables` where it can.
     """
     models = [initial_model(params, torch.device("cpu"), seed=r.seed) for r in replicates]
     stack = _Stack(models, device)
@@ -148,11 +161,19 @@ def train_batch(
     x = torch.stack([features for features, _ in pairs])
     y = torch.stack([labels for _, labels in pairs])
     count, samples = y.shape
-    rates = _Rates(replicates, params)
+    rates = _Rates(replicates, params, closed_forms)
     optimizer = _BatchedOptimizer(stack, params, device)
 
     batches = _MiniBatches(replicates, params.train.epochs, samples, device)
-    validating = None if validation is None else _Validation(replicates, validation, params, device)
+    epochs = params.train.epochs
+    if type(evaluate_every) is not int or evaluate_every < 1:
+        raise ValueError(f"evaluate_every must be a positive integer, got {evaluate_every!r}")
+    evaluated = np.unique(np.r_[np.arange(evaluate_every - 1, epochs, evaluate_every), epochs - 1])
+    row_of = np.full(epochs, -1, dtype=np.int64)
+    row_of[evaluated] = np.arange(len(evaluated))
+    validating = (
+        None if validation is None else _Validation(replicates, validation, len(evaluated), device)
+    )
 
     losses = torch.empty(count, params.train.epochs, dtype=torch.float32, device=device)
     needs_values = bool(rates.plateaus)
@@ -171,8 +192,8 @@ def train_batch(
         if needs_values:  # one device sync per step, only when a replicate watches its loss
             accuracy = (logits.argmax(dim=2) == y).float().mean(dim=1)
             rates.advance(step, full_losses.detach().cpu().numpy(), accuracy.cpu().numpy())
-        if validating is not None:  # after the update and the scheduler step, as the twin does
-            validating.record(step, stack)
+        if validating is not None and row_of[step] >= 0:  # after the update and scheduler step
+            validating.record(int(row_of[step]), stack)
         on_step(step)
 
     state_dicts = tuple(
@@ -189,6 +210,7 @@ def train_batch(
         state_dicts,
         batches.sizes,
         None if validating is None else validating.losses.cpu().numpy().astype(np.float64),
+        None if validating is None else evaluated,
     )
 
 
@@ -203,7 +225,7 @@ class _Validation:
         self,
         replicates: Sequence[Replicate],
         sets: Mapping[float, Dataset],
-        params: Params,
+        evaluations: int,
         device: torch.device,
     ) -> None:
         rows: dict[float, list[int]] = {}
@@ -220,12 +242,10 @@ class _Validation:
             )
             for noise, indices in rows.items()
         ]
-        self.losses = torch.empty(
-            len(replicates), params.train.epochs, dtype=torch.float32, device=device
-        )
+        self.losses = torch.empty(len(replicates), evaluations, dtype=torch.float32, device=device)
 
     @torch.no_grad()
-    def record(self, step: int, stack: _Stack) -> None:
+    def record(self, row: int, stack: _Stack) -> None:
         for x, y, rows in self.groups:
             weights = stack.tensors if rows is None else [t[rows] for t in stack.tensors]
             logits = _logits(weights, x)  # (replicates, samples, 2): x broadcasts
@@ -235,9 +255,9 @@ class _Validation:
             )
             means = per_sample.view(count, samples).mean(dim=1)
             if rows is None:
-                self.losses[:, step] = means
+                self.losses[:, row] = means
             else:
-                self.losses[rows, step] = means
+                self.losses[rows, row] = means
 
 
 class _MiniBatches:

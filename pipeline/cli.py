@@ -74,8 +74,16 @@ def cli() -> None:
 @params_option
 @click.option("--train", "train_path", type=PATH, required=True, help="Train set CSV to write.")
 @click.option("--test", "test_path", type=PATH, required=True, help="Test set CSV to write.")
-def generate(params_path: Path, train_path: Path, test_path: Path) -> None:
-    """Stage generate: write the two-moons train and test sets."""
+@click.option(
+    "--workloads",
+    "workloads_path",
+    type=PATH,
+    help="Also write every workload's train, validation and test sets (CSV), for tune.",
+)
+def generate(
+    params_path: Path, train_path: Path, test_path: Path, workloads_path: Path | None
+) -> None:
+    """Stage generate: write the two-moons train and test sets (and the workloads' sets)."""
     from stages import generate as stage
 
     sizes = stage.run(_load(params_path, schedules="skip"), train_path, test_path)
@@ -85,6 +93,9 @@ def generate(params_path: Path, train_path: Path, test_path: Path) -> None:
         f"wrote {train_path} ({sizes['train']} points x {sizes['seeds']} seeds{per_level}) and "
         f"{test_path} ({sizes['test']} points{per_level})"
     )
+    if workloads_path is not None:
+        names = stage.write_workloads(_load(params_path, schedules="skip"), workloads_path)
+        click.echo(f"wrote {workloads_path} ({len(names)} workloads: {', '.join(names)})")
 
 
 @cli.command()
@@ -113,6 +124,12 @@ def generate(params_path: Path, train_path: Path, test_path: Path) -> None:
     show_default=True,
     help="Where the report links the figures, relative to the report.",
 )
+@click.option(
+    "--tuned-claims",
+    "tuned_claims",
+    type=EXISTING,
+    help="The tune stage's claims.md: the report adds the claims re-tested after equal tuning.",
+)
 def train(params_path: Path, **paths: Any) -> None:
     """Stage train: train LogicNet under every schedule; record each run to MLflow."""
     from pipeline.background import Tracker
@@ -133,6 +150,74 @@ def train(params_path: Path, **paths: Any) -> None:
                 on_step=bar.step,
             )
     _echo_train_summary(summary)
+
+
+@cli.command()
+@params_option
+@click.option(
+    "--data", "data", type=EXISTING, required=True, help="The workloads' sets (generate's CSV)."
+)
+@click.option(
+    "--out", "out_dir", type=PATH, required=True,
+    help="Folder for trials, targets, choices, re-runs, the report and figures.",
+)  # fmt: skip
+@click.option("--metrics", type=PATH, required=True, help="The scores JSON, for dvc metrics.")
+def tune(params_path: Path, **paths: Any) -> None:
+    """Stage tune: every schedule tuned on the same budget over the workloads, then scored."""
+    from pipeline.background import Tracker
+
+    with Tracker() as tracker:
+        from stages import tune as stage
+
+        params = _load(params_path, schedules="parse")
+        plan = params.search
+        assert plan is not None
+        tuned = [w for w in params.workloads if not w.held_out]
+        click.echo(
+            f"tune: {len(plan.spaces)} schedules x {plan.studies} studies x {plan.trials} trials"
+            f" on {len(tuned)} workloads ({len(params.workloads) - len(tuned)} held out),"
+            f" then {params.tuning.reruns} re-runs of each choice"
+        )
+        bar = _UnitBar("tune", stage.total_updates(params), "trial-updates")
+        with _params_errors(), _tracking_errors(), bar:
+            summary = stage.run(
+                params, stage.TunePaths(params_path, **paths), tracker, progress=bar.advance
+            )
+    scores = summary.scores
+    best = max(scores["benchmark_score"], key=lambda s: (scores["benchmark_score"][s], s))
+    phases = ", ".join(
+        f"{name} {seconds:.1f} s" for name, seconds in summary.result.seconds.items()
+    )
+    click.echo(
+        f"tuned {len(summary.result.trials)} trials in {summary.seconds:.1f} s ({phases});"
+        f" best benchmark score: {best} {scores['benchmark_score'][best]:.3f} (validation),"
+        f" {scores['test_benchmark_score'][best]:.3f} (test re-runs);"
+        f" {len(scores['edges'])} rates at an edge; report: {paths['out_dir'] / 'report.md'}"
+    )
+
+
+class _UnitBar:
+    """Work done on stderr, in any unit, gone when the ``with`` block ends."""
+
+    def __init__(self, label: str, total: int, unit: str) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        share = TextColumn(f"{{task.percentage:>3.0f}}% of {total:,} {unit}")
+        self.progress = Progress(
+            TextColumn(label), BarColumn(), share, TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True,
+        )  # fmt: skip
+        self.task = self.progress.add_task(label, total=total)
+
+    def advance(self, done: int) -> None:
+        self.progress.advance(self.task, done)
+
+    def __enter__(self) -> _UnitBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.stop()
 
 
 def _train_plan(params: Params) -> str:

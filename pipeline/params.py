@@ -28,6 +28,8 @@ from pydantic import (
 
 if TYPE_CHECKING:  # importing schedules imports torch: only the stages that need it pay
     from pipeline.schedules import ScheduleSpec
+    from pipeline.search import SearchPlan
+    from pipeline.workloads import Workload
 
 # How far scheduler entries are checked: "trial" builds and steps each on a throwaway optimizer
 # (train, validate, preview); "parse" checks types and arguments (plot, which only needs the
@@ -108,6 +110,22 @@ class MlflowParams(_Frozen):
     )
 
 
+class TargetParams(_Frozen):
+    # The schedule whose tuning with a larger budget sets each workload's target: the median
+    # over studies of its best validation loss.
+    reference: Annotated[str, Field(min_length=1)] = "constant"
+    trials: Annotated[StrictInt, Field(ge=1, le=4096)] = 32  # per study, >= search.trials
+
+
+class TuningParams(_Frozen):
+    eval_every: Annotated[StrictInt, Field(ge=1, le=100_000)] = 10  # updates between evaluations
+    target: TargetParams = TargetParams()
+    reruns: Annotated[StrictInt, Field(ge=1, le=1000)] = 10  # seeds the chosen settings re-run on
+    r_max: Annotated[StrictFloat, Field(gt=1, le=1000)] = 4.0  # AlgoPerf's profile limit
+    edge: Annotated[StrictFloat, Field(ge=0, lt=0.5)] = 0.05  # share of the lr range at each end
+    bootstrap: Annotated[StrictInt, Field(ge=10, le=1_000_000)] = 1000  # draws per budget curve
+
+
 class _RawParams(_Frozen):
     seed: StrictInt = 42
     data: DataParams = DataParams()
@@ -116,6 +134,9 @@ class _RawParams(_Frozen):
     mlflow: MlflowParams = MlflowParams()
     analysis: AnalysisParams = AnalysisParams()
     schedulers: Annotated[dict[str, dict[str, Any]], Field(min_length=1)]
+    workloads: Any = None  # checked by pipeline.workloads; absent: its defaults
+    search: Any = None  # checked by pipeline.search; absent: its defaults
+    tuning: TuningParams = TuningParams()
 
 
 @dataclass(frozen=True)
@@ -152,6 +173,10 @@ class Params:
     analysis: AnalysisParams
     schedules: tuple[ScheduleSpec, ...]
     raw: dict[str, Any] = field(repr=False)
+    # The fair comparison (stages/tune.py): workloads, every schedule's search space, protocol.
+    workloads: tuple[Workload, ...] = ()
+    search: SearchPlan | None = None
+    tuning: TuningParams = field(default_factory=TuningParams)
 
     @property
     def seeds(self) -> list[int]:
@@ -193,6 +218,11 @@ class Params:
             if spec.name == name:
                 return spec
         raise KeyError(name)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled as the document it was parsed from: scheduler rules compile to closures, which
+        do not pickle, and parsing again gives equal Params (the tuning's worker processes)."""
+        return (parse_params, (self.raw, "params", "parse"))
 
     def digest(self, *sections: str) -> str:
         """sha256 of the named top-level sections (all when none), canonical JSON."""
@@ -263,6 +293,7 @@ def parse_params(
         except SpecError as error:
             problems.append(f"schedulers.{name}{error.path}: {error}")
     _raise_problems(problems, source)
+    workloads, search = _comparison(raw, source, schedules != "skip")
     params = Params(
         seed=raw.seed,
         data=raw.data,
@@ -272,10 +303,69 @@ def parse_params(
         analysis=raw.analysis,
         schedules=tuple(specs),
         raw=json.loads(json.dumps(document, default=str)),
+        workloads=workloads,
+        search=search,
+        tuning=raw.tuning,
     )
     if schedules == "trial":
         try_schedules(params, source)
     return params
+
+
+def _comparison(
+    raw: _RawParams, source: str, resolve: bool
+) -> tuple[tuple[Workload, ...], SearchPlan]:
+    """The ``workloads``, ``search`` and ``tuning`` sections, checked together: every space
+    resolves into a valid scheduler entry on every workload's budget (when ``resolve``), and the
+    target's reference schedule is one of the spaces."""
+    from pipeline import search as searching
+    from pipeline import workloads as workloading
+
+    if raw.workloads is None:
+        workloads = workloading.DEFAULT_WORKLOADS
+    else:
+        workloads = workloading.parse_workloads(raw.workloads, source)
+    if raw.search is None:
+        plan = searching.SearchPlan(16, 3, 0, searching.DEFAULT_SPACES)
+    elif not isinstance(raw.search, dict):
+        raise ParamsError(f"{source} is invalid:\n  - search: got {raw.search!r}; a mapping")
+    else:
+        try:
+            plan = searching.parse_search(raw.search)
+        except ValueError as error:
+            raise ParamsError(f"{source} is invalid:\n  - {error}") from None
+    problems = []
+    target = raw.tuning.target
+    if target.reference not in plan.spaces:
+        problems.append(
+            f"tuning.target.reference: got {target.reference!r}; must be one of the search"
+            f" spaces: {', '.join(plan.spaces)}"
+        )
+    if target.trials < plan.trials:
+        problems.append(
+            f"tuning.target.trials: got {target.trials}; must be >= search.trials"
+            f" ({plan.trials}): the target comes from a larger budget than the compared one"
+        )
+    if resolve:
+        from pipeline.schedules import SpecError, parse_spec
+
+        for space in plan.spaces.values():
+            for workload in workloads:
+                for corner in (0.0, 1.0):
+                    point = space.from_unit([corner] * len(space.dims))
+                    try:
+                        entry = space.resolve(point, workload.epochs)["scheduler"]
+                        parse_spec(space.name, entry, workload.epochs)
+                    except (SpecError, ValueError) as error:
+                        path = getattr(error, "path", "")
+                        problems.append(
+                            f"search.spaces.{space.name}{path}: on workload {workload.name!r}"
+                            f" ({workload.epochs} updates), at every dimension's"
+                            f" {'low' if corner == 0 else 'high'} end: {error}"
+                        )
+                        break
+    _raise_problems(problems, source)
+    return workloads, plan
 
 
 def try_schedules(params: Params, source: str = "params.yaml") -> None:

@@ -192,8 +192,11 @@ def check_claims(results: list[RunResult], params: Params) -> list[Claim]:
     return claims
 
 
-def markdown(claims: list[Claim], ranking: str, params: Params, figures: str) -> str:
-    """``report.md``: the verdicts, their evidence, the ranking, and the figures."""
+def markdown(
+    claims: list[Claim], ranking: str, params: Params, figures: str, tuned: str | None = None
+) -> str:
+    """``report.md``: the verdicts, their evidence, the ranking, the claims re-tested after
+    equal tuning (``tuned``: the tune stage's ``claims.md``, when given), and the figures."""
     seeds = params.train.seeds
     lines = [
         "# Do the tutorial's claims hold?",
@@ -212,6 +215,9 @@ def markdown(claims: list[Claim], ranking: str, params: Params, figures: str) ->
     for claim in claims:
         lines += [f"## {claim.text}", "", f"Verdict: **{claim.verdict}**.", ""]
         lines += [f"- {line}" for line in claim.evidence] + [""]
-    lines += ["## Ranking", "", ranking.rstrip(), "", "## Figures", ""]
+    lines += ["## Ranking", "", ranking.rstrip(), ""]
+    if tuned is not None:
+        lines += [tuned.rstrip(), ""]
+    lines += ["## Figures", ""]
     lines += [f"![{name}]({figures}/{name})" for name in FIGURES]
     return "\n".join(lines) + "\n"

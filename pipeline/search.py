@@ -19,7 +19,7 @@ reads it; a dimension is a one-key mapping, anything else is a fixed value)::
 
     search:
       trials: 16               # per schedule and study; a power of two keeps Sobol's balance
-      studies: 5               # independent studies, each its own scrambled sequence
+      studies: 3               # independent studies, each its own scrambled sequence
       seed: 0                  # with each schedule's name, seeds its sequences
       lr: {log_uniform: [1.0e-3, 1.0]}  # the peak rate: one range shared by every schedule
       spaces:
@@ -498,7 +498,7 @@ class SearchPlan:
         return draw_all(self.spaces, self.trials, self.studies, self.seed)
 
 
-_PLAN_DEFAULTS = {"trials": 16, "studies": 5, "seed": 0}
+_PLAN_DEFAULTS = {"trials": 16, "studies": 3, "seed": 0}
 _YAML_DIMENSIONS: dict[str, Callable[[list[Any]], Dimension]] = {
     "log_uniform": lambda v: LogUniform(*_floats(v)),
     "uniform": lambda v: Uniform(*_floats(v)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import data
+from pipeline import data, workloads
 from pipeline.params import Params
 
 
@@ -32,3 +32,9 @@ def run(params: Params, train_path: Path, test_path: Path) -> dict[str, int]:
         "noise levels": len(noises),
         "test": test.n_samples,
     }
+
+
+def write_workloads(params: Params, path: Path) -> list[str]:
+    """Every workload's train, validation and test sets at ``seed``, for the tune stage."""
+    workloads.write_splits(workloads.generate_all(params.workloads, params.seed), path)
+    return [workload.name for workload in params.workloads]

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from pipeline import curves, data, figures, files, tracking
 from pipeline.background import RecordError, Tracker
@@ -117,7 +112,7 @@ def _render(params: Params, paths: PlotPaths) -> dict[str, bytes]:
             steps, target, params.train.epochs, schedule_of
         ),
     }
-    with _Renderer(draw) as renderer:
+    with figures.Renderer(draw) as renderer:
         return renderer.results()
 
 
@@ -142,42 +137,3 @@ def _seed_losses(curves_dir: Path, name: str, tables: dict) -> np.ndarray:
     if per_seed.is_file():
         return np.load(per_seed, allow_pickle=False)[:, :, 0]
     return tables[name]["loss"][None, :]
-
-
-_DRAW: dict[str, Callable[[], Figure]] = {}
-
-
-def _png(name: str) -> bytes:
-    return figures.png_bytes(_DRAW[name]())
-
-
-class _Renderer:
-    """Renders figures to PNG bytes in forked worker processes, one figure per task.
-
-    Rendering is pure CPU in matplotlib; forked workers see the drawing closures without
-    pickling their data, and the parent is free meanwhile. Bytes are the same as in-process.
-    """
-
-    def __init__(self, draw: dict[str, Callable[[], Figure]]) -> None:
-        self.draw = draw
-        workers = min(len(draw), os.cpu_count() or 1)
-        self.pool = None
-        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-            _DRAW.clear()
-            _DRAW.update(draw)
-            context = multiprocessing.get_context("fork")
-            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
-            self.futures = {name: self.pool.submit(_png, name) for name in draw}
-
-    def results(self) -> dict[str, bytes]:
-        if self.pool is None:
-            return {name: figures.png_bytes(draw()) for name, draw in self.draw.items()}
-        return {name: future.result() for name, future in self.futures.items()}
-
-    def __enter__(self) -> _Renderer:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-            _DRAW.clear()

@@ -3,11 +3,10 @@ files for DVC and to MLflow (a parent run, a child run per named run)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import curves, data, files, report, stats, tracking
-from pipeline.background import RecordBug, RecordError, Reply, StoreUnavailable, Tracker
+from pipeline.background import Reply, Tracker, failed_run_on_error
 from pipeline.batched import Replicate, run_results, train_batch
 from pipeline.model import stacked_weights, weights_bytes
 from pipeline.params import Params, try_schedules
@@ -37,6 +36,7 @@ class TrainPaths:
     ranking: Path  # written: the ranking table (markdown)
     report: Path  # written: the report on the tutorial's claims (markdown)
     figures_link: str = "../figures"  # where the report links the figures, relative to it
+    tuned_claims: Path | None = None  # read: the tune stage's claims.md, for the report
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def run(
     after each update.
     """
     uri = tracking.tracking_uri()
-    with _failed_run_on_error(tracker, uri):
+    with failed_run_on_error(tracker, uri):
         # The store opens (and what a killed train left is reaped) while torch tries each
         # schedule: a rate that blows up stops the stage here, and the store then holds no run.
         # A store that cannot be opened stops training at the next step (`poll`), and no output
@@ -150,7 +150,8 @@ def run(
             registration = _register_best(tracker, params, rankings, lineage)
             table = _ranking_markdown(rankings, params)
             claims = report.check_claims(results, params)
-            text = report.markdown(claims, table, params, paths.figures_link)
+            tuned = None if paths.tuned_claims is None else paths.tuned_claims.read_text()
+            text = report.markdown(claims, table, params, paths.figures_link, tuned)
             tracker.attach_text(table, "ranking.md")
             tracker.attach_text(text, "report.md")
             # The artifacts are logged from the staging folders: wait before they move.
@@ -178,31 +179,6 @@ def run(
             opened.get(),
             registration.get() if registration else None,
         )
-
-
-@contextlib.contextmanager
-def _failed_run_on_error(tracker: Tracker, uri: str) -> Iterator[None]:
-    """On any error, close the parent run FAILED; say what a failed record means."""
-    try:
-        yield
-    except BaseException as error:
-        with contextlib.suppress(RecordError):  # the process may be gone
-            tracker.finish_parent("FAILED")
-        if isinstance(error, RecordError):
-            raise _tracking_error(error, uri) from None
-        raise
-
-
-def _tracking_error(error: RecordError, uri: str) -> Exception:
-    if isinstance(error, StoreUnavailable):  # the store could not be opened: the message says so
-        return tracking.TrackingUnavailable(error.message)
-    if isinstance(error, RecordBug):
-        return RuntimeError(f"recording to MLflow failed in {error.operation}:\n{error.message}")
-    return tracking.TrackingUnavailable(
-        f"lost the MLflow store {uri} mid-run: {error.message}\n"
-        "No output was written; the runs of this attempt are marked FAILED now, or by the "
-        "next train on this host if the store cannot be reached."
-    )
 
 
 def _data_file(

@@ -39,6 +39,18 @@ def tiny_document(epochs: int = 120) -> dict:
     schedulers["warmup_cosine"]["schedulers"][1]["T_max"] = epochs - 20
     schedulers["OneCycleLR"]["total_steps"] = epochs
     schedulers["growing_batch"]["every"] = epochs // 4
+    shrink_tuning(document)
+    return document
+
+
+def shrink_tuning(document: dict, epochs: int = 60) -> dict:
+    """The comparison at a toy scale: short budgets, small sets, 4 trials x 3 studies."""
+    for workload in document["workloads"]:
+        workload["epochs"] = epochs * (2 if workload["name"] == "long_budget" else 1)
+        workload["n_validation"], workload["n_test"] = 40, 50
+    document["search"]["trials"] = 4
+    document["tuning"].update(eval_every=5, reruns=3, bootstrap=100)
+    document["tuning"]["target"]["trials"] = 8
     return document
 
 

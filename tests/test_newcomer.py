@@ -55,7 +55,8 @@ class Expected:
 EXPECTED = {
     # The stages' `lrsched ...` found from a shell that has no venv on PATH: the .pth at work.
     ".venv/bin/dvc repro": Expected(
-        0, (r"^> lrsched generate ", r"^> lrsched train ", r"^> lrsched plot ")
+        0,
+        (r"^> lrsched generate ", r"^> lrsched tune ", r"^> lrsched train ", r"^> lrsched plot "),
     ),
     "make run": Expected(1, (r"^Figures: ", r"^Metrics: ", r"^MLflow UI: ")),
     ".venv/bin/dvc metrics show": Expected(2, (r"^outputs/metrics\.json ", r"OneCycleLR\.rank")),

@@ -285,8 +285,8 @@ def docstring_section() -> dict[str, Any]:
 def test_the_docstring_snippet_is_the_default_spaces():
     plan = parse_search(docstring_section()["search"])
     assert plan.spaces == dict(DEFAULT_SPACES)
-    assert (plan.trials, plan.studies, plan.seed) == (16, 5, 0)
-    assert plan.draw()["OneCycleLR"].shape == (5, 16, 3)
+    assert (plan.trials, plan.studies, plan.seed) == (16, 3, 0)
+    assert plan.draw()["OneCycleLR"].shape == (3, 16, 3)
 
 
 def test_the_search_section_names_the_key_at_fault():

@@ -1,0 +1,340 @@
+"""Stage ``tune``: every schedule tuned on the same budget over the workloads, the chosen
+settings re-run on the test sets, scored; written for DVC and recorded to MLflow (a parent run,
+a child run per schedule and workload carrying its trial table)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline import files, tracking, tuning, tuning_figures, tuning_report, workloads
+from pipeline.background import Tracker, failed_run_on_error
+from pipeline.params import Params
+from pipeline.training import make_deterministic, select_device
+
+TRIAL_COLUMNS = (
+    "workload",
+    "schedule",
+    "study",
+    "trial",
+    "budget",
+    "lr",
+    "parameters",
+    "scheduler",
+    "time_to_target",
+    "best_validation_loss",
+    "final_validation_loss",
+)
+RERUN_COLUMNS = ("workload", "schedule", "seed", "time_to_target", "test_loss", "test_accuracy")
+
+
+@dataclass(frozen=True)
+class TunePaths:
+    params: Path
+    data: Path  # read: every workload's train, validation and test sets
+    out_dir: Path  # written whole: trials, targets, choices, re-runs, report, figures
+    metrics: Path  # written last: the scores, for ``dvc metrics``
+
+
+@dataclass(frozen=True)
+class TuneSummary:
+    result: tuning.TuningResult
+    scores: dict[str, Any]
+    parent_run_id: str
+    tracking_uri: str
+    seconds: float
+    training_seconds: float
+
+
+def total_updates(params: Params) -> int:
+    """Trial-updates the protocol trains: for a progress bar sized before it starts."""
+    plan = params.search
+    assert plan is not None
+    target = params.tuning.target
+    compared = plan.trials * plan.studies * (len(plan.spaces) - 1)
+    reference = target.trials * plan.studies
+    total = 0
+    for workload in params.workloads:
+        tuned = 0 if workload.held_out else compared
+        reruns = params.tuning.reruns * (len(plan.spaces) + 1)  # and the target's reference
+        total += (tuned + reference + reruns) * workload.epochs
+    return total
+
+
+def run(
+    params: Params,
+    paths: TunePaths,
+    tracker: Tracker,
+    progress: Callable[[int], None] = lambda done: None,
+) -> TuneSummary:
+    uri = tracking.tracking_uri()
+    with failed_run_on_error(tracker, uri):
+        opened = tracker.open_store(uri, params.mlflow.experiment, os.getpid())
+        started = time.perf_counter()
+        make_deterministic()
+        device = select_device(params.train.device)
+        data = workloads.read_splits(paths.data)
+        missing = [w.name for w in params.workloads if w.name not in data]
+        if missing:
+            raise ValueError(f"{paths.data} lacks the workloads {missing}; re-run generate")
+        git = tracking.git_state()
+        lineage = {
+            **git,
+            **tracking.source_tags("lrsched tune"),
+            **tracking.environment_tags(str(device)),
+            tracking.PARENT_KIND_TAG: "tune",
+            "params.sha256": params.digest("seed", "train", "workloads", "search", "tuning"),
+            "data.sha256": files.sha256_files([paths.data]),
+        }
+        dataset = tracking.DataFile(
+            path=str(paths.data),
+            md5=files.md5_file(paths.data),
+            rows=sum(len(d) for splits in data.values() for _, d in splits.items()),
+            columns=(
+                ("workload", "string"),
+                ("split", "string"),
+                ("x1", "double"),
+                ("x2", "double"),
+                ("label", "long"),
+            ),
+            context="tuning",
+            revision=git["git.commit"],
+        )
+        shared = tracking.flatten(
+            {key: params.raw[key] for key in ("seed", "search", "tuning") if key in params.raw}
+        )
+        parent = tracker.start_parent("tune", shared, lineage, (dataset,))
+        opened.get()
+
+        training_started = time.perf_counter()
+        result = tuning.run_protocol(params, data, device, _polling(progress, tracker))
+        training_seconds = time.perf_counter() - training_started
+        outputs_started = time.perf_counter()
+        scores = tuning.score(params, result)
+        report_text = tuning_report.markdown(params, result, scores)
+        claims_text = tuning_report.claims_markdown(params, result, scores)
+
+        with files.staged_directory(paths.out_dir) as out:
+            files.write_text(out / "trials.csv", trials_csv(result))
+            files.write_text(out / "reruns.csv", reruns_csv(result))
+            files.write_text(out / "targets.json", _json(result.targets))
+            files.write_text(out / "chosen.json", _json(chosen_json(params, result)))
+            files.write_text(out / "report.md", report_text)
+            files.write_text(out / "claims.md", claims_text)
+            tuning_figures.write_all(params, result, scores, out / "figures")
+            result.seconds["scores, report and figures"] = time.perf_counter() - outputs_started
+            logging_started = time.perf_counter()
+            with tempfile.TemporaryDirectory(prefix="lrsched-tune-") as scratch:
+                _log_children(tracker, params, result, scores, lineage, dataset, Path(scratch))
+                tracker.attach_text(report_text, "report.md")
+                tracker.wait()  # the trial tables are logged from the scratch folder
+            Path(paths.metrics).unlink(missing_ok=True)
+        files.write_text(paths.metrics, _json(metrics(scores, result)))
+        tracker.tag_parent(tracking.OUTPUTS_TAG, files.sha256_files([paths.metrics]))
+        tracker.finish_parent("FINISHED")
+        tracker.wait()
+        result.seconds["MLflow (what training did not hide)"] = (
+            time.perf_counter() - logging_started
+        )
+        return TuneSummary(
+            result,
+            scores,
+            parent.get(),
+            uri,
+            time.perf_counter() - started,
+            training_seconds,
+        )
+
+
+def _polling(progress: Callable[[int], None], tracker: Tracker) -> Callable[[int], None]:
+    def advance(done: int) -> None:
+        progress(done)
+        tracker.poll()
+
+    return advance
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: a target never reached is null."""
+    return value if math.isfinite(value) else None
+
+
+def _json(value: Any) -> str:
+    return json.dumps(_clean(value), indent=2, allow_nan=False) + "\n"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _time_text(value: float) -> str:
+    return repr(float(value)) if math.isfinite(value) else "inf"
+
+
+def trials_csv(result: tuning.TuningResult) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(TRIAL_COLUMNS)
+    for trial, time_, best, final in zip(
+        result.trials, result.times, result.best_losses, result.final_losses, strict=True
+    ):
+        writer.writerow(
+            (
+                trial.workload,
+                trial.schedule,
+                trial.study,
+                trial.index,
+                trial.budget,
+                repr(trial.lr),
+                json.dumps(dict(trial.point), sort_keys=True),
+                json.dumps(dict(trial.scheduler), sort_keys=True),
+                _time_text(time_),
+                repr(float(best)),
+                repr(float(final)),
+            )
+        )
+    return buffer.getvalue()
+
+
+def reruns_csv(result: tuning.TuningResult) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(RERUN_COLUMNS)
+    for rerun in result.reruns:
+        writer.writerow(
+            (
+                rerun.workload,
+                rerun.schedule,
+                rerun.seed,
+                _time_text(rerun.time),
+                repr(rerun.final_loss),
+                repr(rerun.accuracy),
+            )
+        )
+    return buffer.getvalue()
+
+
+def chosen_json(params: Params, result: tuning.TuningResult) -> dict[str, Any]:
+    """Per workload and schedule, the chosen setting as a ``schedulers:`` entry and its peak
+    rate (``train.lr``), with the trial it came from."""
+    plan = params.search
+    assert plan is not None
+    chosen: dict[str, Any] = {}
+    for workload in result.workloads:
+        chosen[workload.name] = {}
+        for name, choice in tuning.chosen_for(result, workload).items():
+            resolved = plan.spaces[name].resolve(choice.point, workload.epochs)
+            chosen[workload.name][name] = {
+                "lr": resolved["lr"],
+                "scheduler": resolved["scheduler"],
+                "point": dict(choice.point),
+                "study": choice.study,
+                "trial": choice.index,
+                "chosen_on": "every tuned workload" if workload.held_out else workload.name,
+                "median_validation_time": choice.median_time,
+                "lr_at_edge": choice.at_edge,
+            }
+    return chosen
+
+
+def metrics(scores: dict[str, Any], result: tuning.TuningResult) -> dict[str, Any]:
+    """What ``dvc metrics show`` lists: scores per schedule, targets, times per workload."""
+    return {
+        "benchmark_score": scores["benchmark_score"],
+        "test_benchmark_score": scores["test_benchmark_score"],
+        "targets": {name: entry["target"] for name, entry in result.targets.items()},
+        "test_targets": {name: entry["test_target"] for name, entry in result.targets.items()},
+        "median_test_time": {
+            workload: {s: row[s]["median_time"] for s in row}
+            for workload, row in scores["test"].items()
+        },
+        "edges": len(scores["edges"]),
+    }
+
+
+def _log_children(
+    tracker: Tracker,
+    params: Params,
+    result: tuning.TuningResult,
+    scores: dict[str, Any],
+    lineage: Mapping[str, str],
+    dataset: tracking.DataFile,
+    out: Path,
+) -> None:
+    """A child run per schedule and workload: its space, its trial table, its choice, its
+    scores. Not one run per trial: thousands of runs would bury the ones that matter."""
+    plan = params.search
+    assert plan is not None
+    tables = out
+    chosen = chosen_json(params, result)
+    for workload in result.workloads:
+        for name, space in plan.spaces.items():
+            run_name = f"{name}@{workload.name}"
+            table = tables / f"{run_name}.trials.csv"
+            rows = [
+                line
+                for line in trials_csv(result).splitlines()[1:]
+                if line.startswith(f"{workload.name},{name},")
+            ]
+            files.write_text(table, "\n".join([",".join(TRIAL_COLUMNS), *rows]) + "\n")
+            setting = chosen[workload.name][name]
+            space_params = {
+                "space.type": space.type,
+                "space.form": space.form_name,
+                **{f"space.{k}": repr(v) for k, v in space.dims.items()},
+                **{f"space.{k}": str(v) for k, v in space.fixed.items()},
+                "workload": workload.name,
+                **tracking.flatten(workload.model_dump(), "workload."),
+                "chosen.lr": repr(setting["lr"]),
+                **tracking.flatten(setting["scheduler"], "chosen.scheduler."),
+            }
+            test = scores["test"][workload.name][name]
+            final = {
+                f"test.{key}": value
+                for key, value in test.items()
+                if isinstance(value, float) and math.isfinite(value)
+            }
+            if not workload.held_out:
+                ratio = scores["validation_ratios"][name][workload.name]
+                if math.isfinite(ratio):
+                    final["validation.ratio_to_best"] = ratio
+                if math.isfinite(setting["median_validation_time"] or math.inf):
+                    final["validation.median_time"] = setting["median_validation_time"]
+                series = {
+                    "budget.expected_best_loss": scores["budget"][workload.name][name]["best_loss"]
+                }
+            else:
+                series = {}
+            final["target"] = result.targets[workload.name]["target"]
+            final["test_target"] = result.targets[workload.name]["test_target"]
+            tracker.log_child(
+                run_name,
+                space_params,
+                {
+                    **lineage,
+                    tracking.PARENT_KIND_TAG: "tuning",
+                    "scheduler": name,
+                    "workload": workload.name,
+                    "held_out": str(workload.held_out).lower(),
+                    "lr_at_edge": str(setting["lr_at_edge"]).lower(),
+                },
+                series,
+                final,
+                {"trials": table},
+                (dataset,),
+            )
