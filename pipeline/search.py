@@ -62,6 +62,16 @@ reads it; a dimension is a one-key mapping, anything else is a fixed value)::
           type: OneCycleLR
           pct_start: {uniform: [0.05, 0.5]}
           anneal_strategy: {choice: [cos, linear]}
+        LambdaLR:              # a rule per layer: each decays to its own ratio over the budget
+          type: LambdaLR
+          form: layer_decay
+          Liner1_final_ratio: {log_uniform: [1.0e-3, 1.0]}
+          Liner2_final_ratio: {log_uniform: [1.0e-3, 1.0]}
+        growing_batch:         # the rate stays; the batch grows from initial points, x factor
+          type: batch_size     # every every_fraction * epochs updates
+          initial: {int_uniform: [1, 8]}
+          factor: 2
+          every_fraction: {log_uniform: [0.01, 0.5]}
 
 Dimensions in YAML: ``{log_uniform: [low, high]}``, ``{uniform: [low, high]}``,
 ``{int_uniform: [low, high]}``, ``{int_log_uniform: [low, high]}`` (both inclusive),
@@ -267,6 +277,22 @@ def _one_cycle(values: dict[str, Any], epochs: int) -> dict[str, Any]:
     return {"max_lr": values[LR], "total_steps": epochs, "pct_start": pct_start}
 
 
+def _layer_decay(values: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """LambdaLR with a rule per layer, the tutorial's fine-tuning case: each layer's rate decays
+    exponentially, over the budget, to its own ``<layer>_final_ratio`` of the peak."""
+    rules = {}
+    for layer in ("Liner1", "Liner2"):
+        ratio = float(values.pop(f"{layer}_final_ratio"))
+        rules[layer] = f"{ratio!r} ** (step / epochs)"
+    return {"lr_lambda": rules}
+
+
+def _batch_size(values: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """The tutorial's alternative to decay: the rate stays at the peak while the mini-batch
+    starts at ``initial`` points and grows by ``factor`` every ``every_fraction`` of the budget."""
+    return {"every": _steps(values.pop("every_fraction"), epochs)}
+
+
 def _direct(values: dict[str, Any], epochs: int) -> dict[str, Any]:
     return {}
 
@@ -281,6 +307,8 @@ FORMS: dict[str, Form] = {
     "ReduceLROnPlateau": _plateau,
     "warmup_cosine": _warmup_cosine,
     "OneCycleLR": _one_cycle,
+    "layer_decay": _layer_decay,
+    "batch_size": _batch_size,
     "direct": _direct,
 }
 
@@ -459,6 +487,8 @@ def _default_spaces() -> dict[str, SearchSpace]:
     }
     warmup = {"warmup_fraction": Uniform(0.01, 0.25), "start_factor": 0.01}
     one_cycle = {"pct_start": Uniform(0.05, 0.5), "anneal_strategy": Choice(("cos", "linear"))}
+    layers = {"Liner1_final_ratio": FINAL_RATIO, "Liner2_final_ratio": FINAL_RATIO}
+    growing = {"initial": IntUniform(1, 8), "factor": 2, "every_fraction": BUDGET_FRACTION}
     spaces = [
         make_space("constant", "constant"),
         make_space("manual", "manual", {"every_fraction": BUDGET_FRACTION, **ratio}),
@@ -469,6 +499,8 @@ def _default_spaces() -> dict[str, SearchSpace]:
         make_space("ReduceLROnPlateau", "ReduceLROnPlateau", plateau),
         make_space("warmup_cosine", "SequentialLR", warmup, form="warmup_cosine"),
         make_space("OneCycleLR", "OneCycleLR", one_cycle),
+        make_space("LambdaLR", "LambdaLR", layers, form="layer_decay"),
+        make_space("growing_batch", "batch_size", growing),
     ]
     return {space.name: space for space in spaces}
 

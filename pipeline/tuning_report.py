@@ -281,12 +281,45 @@ def _decay_gets_both(params: Params, result: TuningResult, workload: str) -> tup
 
 
 def _growing_batch(params: Params, result: TuningResult, workload: str) -> tuple[str, list[str]]:
+    """Similar: against the constant reference, growing the batch moves the test loss the way
+    decaying the rate does on average, and significantly; the opposite way, significantly, is
+    "did not hold"."""
     plan = params.search
     assert plan is not None
+    reference = params.tuning.target.reference
     growing = [name for name, space in plan.spaces.items() if space.type == "batch_size"]
-    if not growing:
-        return "not tested", ["no `batch_size` schedule among `search.spaces`"]
-    return "not tested", [f"{', '.join(growing)}: comparison not implemented for tuning"]
+    decaying = [
+        name
+        for name, space in plan.spaces.items()
+        if name != reference and space.type not in ("constant", "batch_size")
+    ]
+    if not growing or not decaying or reference not in plan.spaces:
+        return "not tested", ["needs a `batch_size` schedule, decaying ones and the reference"]
+    base = _paired(result, workload, reference)
+    seeds = sorted(base)
+
+    def differences(name: str) -> np.ndarray:
+        runs = _paired(result, workload, name)
+        return np.array([runs[s].final_loss - base[s].final_loss for s in seeds])
+
+    decay = float(np.mean([differences(name).mean() for name in decaying]))
+    alpha = params.analysis.alpha
+    evidence = [
+        f"decaying the rate moved the test loss against {reference} by {decay:+.3g} on average"
+        f" over {len(decaying)} schedules; growing the batch is similar if it moves it the same"
+        " way"
+    ]
+    verdicts = []
+    for name in growing:
+        moved = differences(name)
+        p = stats.wilcoxon_p(moved, method="asymptotic")
+        same = np.sign(moved.mean()) == np.sign(decay)
+        verdicts.append(
+            "held" if same and p < alpha else "did not hold" if p < alpha else "inconclusive"
+        )
+        evidence.append(f"{name} - {reference}: test loss {moved.mean():+.3g} (p = {p:.2g})")
+    verdict = verdicts[0] if len(set(verdicts)) == 1 else ", ".join(verdicts)
+    return verdict, evidence
 
 
 def _capped(time: float, budget: int) -> float:

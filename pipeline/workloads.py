@@ -296,19 +296,61 @@ def split_seed(name: str, split: Split, seed: int) -> np.random.SeedSequence:
 
 def draw(workload: Workload, split: Split, seed: int) -> Dataset:
     """One split of the workload, drawn from :func:`split_seed`: float64 (n, 2), int64 (n,)."""
-    # Imported here: scikit-learn takes seconds to import, and most stages only read CSVs.
-    from sklearn.datasets import make_circles, make_moons
-
     # RandomState, the stream numpy keeps frozen, on the derived seed: byte-stable.
     random = np.random.RandomState(np.random.MT19937(split_seed(workload.name, split, seed)))
     n = workload.size(split)
     if workload.generator == "circles":
-        features, labels = make_circles(
-            n, noise=workload.noise, factor=workload.factor, random_state=random
-        )
+        assert workload.factor is not None
+        features, labels = _circles(n, workload.noise, workload.factor, random)
     else:
-        features, labels = make_moons(n, noise=workload.noise, random_state=random)
-    return Dataset(np.asarray(features, dtype=np.float64), np.asarray(labels, dtype=np.int64))
+        features, labels = _moons(n, workload.noise, random)
+    return Dataset(features, labels)
+
+
+# scikit-learn's make_moons and make_circles, step for step and drawing the same random numbers,
+# but with sines and cosines that give the same bits on every CPU. numpy's own take a vector
+# path chosen by the CPU: as an SSE4.2-only Intel (qemu's Nehalem), circles of 20 points came out
+# different in the last bit (tests/test_portability.py). mpmath computes in software, at more
+# precision than a float64 holds, and rounds once.
+
+
+def _trig(function: str, angles: np.ndarray) -> np.ndarray:
+    import mpmath  # pure Python: the same digits on any machine
+
+    with mpmath.workprec(96):
+        evaluate = getattr(mpmath, function)
+        return np.array([float(evaluate(mpmath.mpf(float(a)))) for a in angles], dtype=np.float64)
+
+
+def _finish(
+    x: np.ndarray, y: np.ndarray, out: int, inside: int, noise: float, random: np.random.RandomState
+) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.utils import shuffle
+
+    features = np.vstack([x, y]).T
+    labels = np.hstack([np.zeros(out, dtype=np.intp), np.ones(inside, dtype=np.intp)])
+    features, labels = shuffle(features, labels, random_state=random)
+    features = features + random.normal(scale=noise, size=features.shape)
+    return np.asarray(features, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+
+
+def _moons(n: int, noise: float, random: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
+    out, inside = n // 2, n - n // 2
+    outer, inner = np.linspace(0, np.pi, out), np.linspace(0, np.pi, inside)
+    x = np.append(_trig("cos", outer), 1 - _trig("cos", inner))
+    y = np.append(_trig("sin", outer), 1 - _trig("sin", inner) - 0.5)
+    return _finish(x, y, out, inside, noise, random)
+
+
+def _circles(
+    n: int, noise: float, factor: float, random: np.random.RandomState
+) -> tuple[np.ndarray, np.ndarray]:
+    out, inside = n // 2, n - n // 2
+    outer = np.linspace(0, 2 * np.pi, out, endpoint=False)
+    inner = np.linspace(0, 2 * np.pi, inside, endpoint=False)
+    x = np.append(_trig("cos", outer), _trig("cos", inner) * factor)
+    y = np.append(_trig("sin", outer), _trig("sin", inner) * factor)
+    return _finish(x, y, out, inside, noise, random)
 
 
 def generate(workload: Workload, seed: int, *, train_seed: int | None = None) -> Splits:

@@ -22,7 +22,7 @@ def default_document() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def tiny_document(epochs: int = 120) -> dict:
+def tiny_document(epochs: int = 120, full_tuning: bool = False) -> dict:
     """The real params.yaml, with the step counts and test set shrunk."""
     document = default_document()
     document["train"]["epochs"] = epochs
@@ -39,12 +39,20 @@ def tiny_document(epochs: int = 120) -> dict:
     schedulers["warmup_cosine"]["schedulers"][1]["T_max"] = epochs - 20
     schedulers["OneCycleLR"]["total_steps"] = epochs
     schedulers["growing_batch"]["every"] = epochs // 4
-    shrink_tuning(document)
+    shrink_tuning(document, full=full_tuning)
     return document
 
 
-def shrink_tuning(document: dict, epochs: int = 60) -> dict:
-    """The comparison at a toy scale: short budgets, small sets, 4 trials x 3 studies."""
+def shrink_tuning(document: dict, epochs: int = 60, full: bool = False) -> dict:
+    """The comparison at a toy scale: short budgets, small sets, 4 trials x 3 studies. Unless
+    ``full``, also only three workloads (two tuned, one held out) and five schedules, which
+    between them take every path of the tuning: enough for the tests that run the whole
+    pipeline, whose subject is not the tuning (``tests/test_tuning.py`` takes them all)."""
+    if not full:
+        keep = ("tutorial", "more_noise", "circles")
+        document["workloads"] = [w for w in document["workloads"] if w["name"] in keep]
+        spaces = ("constant", "StepLR", "ReduceLROnPlateau", "warmup_cosine", "OneCycleLR")
+        document["search"]["spaces"] = {k: document["search"]["spaces"][k] for k in spaces}
     for workload in document["workloads"]:
         workload["epochs"] = epochs * (2 if workload["name"] == "long_budget" else 1)
         workload["n_validation"], workload["n_test"] = 40, 50

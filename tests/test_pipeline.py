@@ -72,7 +72,7 @@ def pipeline_run(tmp_path_factory):
 
 def test_every_output_is_written(pipeline_run):
     root = pipeline_run["root"]
-    assert stages_run(pipeline_run["first"]) == ["generate", "train", "plot"]
+    assert stages_run(pipeline_run["first"]) == ["generate", "tune", "train", "plot"]
     for path in OUTPUTS:
         assert (root / path).is_file() and (root / path).stat().st_size > 0, path
     names = list(yaml.safe_load((root / "params.yaml").read_text())["schedulers"])
@@ -87,7 +87,7 @@ def test_nothing_changed_reruns_nothing(pipeline_run):
 
 
 def test_forced_rerun_gives_the_same_bytes(pipeline_run):
-    assert stages_run(pipeline_run["forced"]) == ["generate", "train", "plot"]
+    assert stages_run(pipeline_run["forced"]) == ["generate", "tune", "train", "plot"]
     assert pipeline_run["digests_after_force"] == pipeline_run["digests"]
     assert pipeline_run["lock_after_force"] == pipeline_run["lock"]
     assert pipeline_run["status_after_force"] == ""  # git sees nothing new: lock unchanged

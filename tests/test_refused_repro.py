@@ -91,8 +91,18 @@ def test_an_unopenable_store_under_dvc_repro_keeps_every_output(reproduced, tmp_
     assert snapshot(root) == before
     (root / "params.yaml").write_text(params)
 
+    # tune opens the store before it trains
+    tuning_report = root / "pipeline/tuning_report.py"
+    original = tuning_report.read_text()
+    tuning_report.write_text(original + "\n# an edit: tune re-runs first\n")
+    output = refused_repro(root, env)
+    assert "Running stage 'tune'" in output and f"cannot use the MLflow store {uri}" in output
+    assert "Running stage 'train'" not in output, output
+    assert snapshot(root) == before
+    tuning_report.write_text(original)  # DVC compares content: tune is up to date again
+
     # plot draws while the store opens, but writes no figure until the store has answered
-    with open(root / "pipeline/figures.py", "a") as handle:
+    with open(root / "stages/plot.py", "a") as handle:
         handle.write("\n# an edit: plot re-runs, train does not\n")
     output = refused_repro(root, env)
     assert "Running stage 'plot'" in output and "Running stage 'train'" not in output, output

@@ -21,9 +21,14 @@ from tests.conftest import run, tiny_document
 CPU = torch.device("cpu")
 
 
+def full_document() -> dict:
+    """Every default workload and schedule, at a toy scale."""
+    return tiny_document(full_tuning=True)
+
+
 @pytest.fixture(scope="module")
 def params():
-    return parse_params(tiny_document())
+    return parse_params(full_document())
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +62,14 @@ def test_the_draws_repeat_from_the_seed(params):
     workload = params.workloads[0]
     first = tuning.draw_trials(params, workload)
     assert first == tuning.draw_trials(params, workload)
-    document = tiny_document()
+    document = full_document()
     document["search"]["seed"] = 1
     other = tuning.draw_trials(parse_params(document), workload)
     assert [t.lr for t in first] != [t.lr for t in other]
     # The reference's compared trials are the first of its larger draw.
     reference = params.tuning.target.reference
     ours = [t.lr for t in first if t.schedule == reference and t.budget == tuning.SCORED]
-    document = tiny_document()
+    document = full_document()
     document["tuning"]["target"]["trials"] = params.search.trials
     alone = tuning.draw_trials(parse_params(document), workload)
     assert ours == [t.lr for t in alone if t.schedule == reference]
@@ -112,7 +117,9 @@ def test_selection_never_reads_the_test_set(params, data, tuned):
     again = tuning.run_protocol(params, corrupted, CPU)
     assert again.chosen == tuned.chosen
     assert again.held_out_choice == tuned.held_out_choice
-    assert again.targets == tuned.targets
+    validation = ("target", "how", "reference", "reference_trial", "reference_lr", "rerun_bests")
+    for name, target in tuned.targets.items():
+        assert {k: again.targets[name][k] for k in validation} == {k: target[k] for k in validation}
     np.testing.assert_array_equal(again.times, tuned.times)
     before = [r.final_loss for r in tuned.reruns]
     after = [r.final_loss for r in again.reruns]
@@ -250,3 +257,17 @@ def test_the_stage_writes_scores_for_dvc_and_mlflow(reproduced):
     parents = client.search_runs([experiment.experiment_id], "tags.`lrsched.kind` = 'tune'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
+
+
+@pytest.mark.slow
+def test_the_numbers_do_not_depend_on_how_many_processes_train(params, data, tuned):
+    """One process, or three at once on however many cores: the same trials, choices, targets
+    and re-runs to the last bit (each workload trains single-threaded wherever it runs)."""
+    for workers in (1, 3):
+        again = tuning.run_protocol(params, data, CPU, workers=workers)
+        np.testing.assert_array_equal(again.times, tuned.times)
+        np.testing.assert_array_equal(again.best_losses, tuned.best_losses)
+        np.testing.assert_array_equal(again.final_losses, tuned.final_losses)
+        assert again.targets == tuned.targets
+        assert again.chosen == tuned.chosen
+        assert again.reruns == tuned.reruns

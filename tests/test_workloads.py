@@ -306,3 +306,26 @@ def test_a_csv_without_every_split_is_refused(tmp_path: Path) -> None:
     path.write_text("seed,noise,x1,x2,label\n")
     with pytest.raises(ValueError, match="expected a CSV with header"):
         read_splits(path)
+
+
+@pytest.mark.parametrize("n", [20, 41, 200, 500])
+def test_the_generators_are_scikit_learns_with_portable_trigonometry(n):
+    """make_moons and make_circles step for step, the same random numbers drawn: labels equal,
+    points within a float64 ulp or so (scikit-learn's cos and sin are numpy's, which take a
+    CPU-chosen vector path; ours are computed in software, the same on every CPU)."""
+    from sklearn.datasets import make_circles, make_moons
+
+    for workload in DEFAULT_WORKLOADS:
+        sized = workload.model_copy(update={"n_train": n})
+        ours = module.draw(sized, "train", 42)
+        random = np.random.RandomState(
+            np.random.MT19937(module.split_seed(workload.name, "train", 42))
+        )
+        if workload.generator == "circles":
+            features, labels = make_circles(
+                n, noise=workload.noise, factor=workload.factor, random_state=random
+            )
+        else:
+            features, labels = make_moons(n, noise=workload.noise, random_state=random)
+        np.testing.assert_array_equal(ours.labels, labels)
+        np.testing.assert_allclose(ours.features, features, rtol=0, atol=1e-15)
