@@ -282,15 +282,12 @@ def _log_children(
     assert plan is not None
     tables = out
     chosen = chosen_json(params, result)
+    lines = trials_csv(result).splitlines()[1:]  # once: 66 children share the one table
     for workload in result.workloads:
         for name, space in plan.spaces.items():
             run_name = f"{name}@{workload.name}"
             table = tables / f"{run_name}.trials.csv"
-            rows = [
-                line
-                for line in trials_csv(result).splitlines()[1:]
-                if line.startswith(f"{workload.name},{name},")
-            ]
+            rows = [line for line in lines if line.startswith(f"{workload.name},{name},")]
             files.write_text(table, "\n".join([",".join(TRIAL_COLUMNS), *rows]) + "\n")
             setting = chosen[workload.name][name]
             space_params = {
