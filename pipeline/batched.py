@@ -77,13 +77,13 @@ class _Stack:
         self.tensors = [stacked(name) for name in self.names]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return _logits(self.tensors, x)
+        return stacked_logits(self.tensors, x)
 
     def layer_of(self, index: int) -> int:
         return LAYER_NAMES.index(self.names[index].split(".")[0])
 
 
-def _logits(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def stacked_logits(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """LogicNet.forward of stacked weights (replicates first); ``x`` per replicate or shared."""
     w1, b1, w2, b2 = weights
     hidden = torch.tanh(portable.linear(x, w1, b1))
@@ -248,7 +248,7 @@ class _Validation:
     def record(self, row: int, stack: _Stack) -> None:
         for x, y, rows in self.groups:
             weights = stack.tensors if rows is None else [t[rows] for t in stack.tensors]
-            logits = _logits(weights, x)  # (replicates, samples, 2): x broadcasts
+            logits = stacked_logits(weights, x)  # (replicates, samples, 2): x broadcasts
             count, samples = logits.shape[:2]
             per_sample = F.cross_entropy(
                 logits.reshape(-1, 2), y.expand(count, samples).reshape(-1), reduction="none"

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from pipeline import scoring, search, units
-from pipeline.batched import BatchResult, Replicate, train_batch
+from pipeline.batched import BatchResult, Replicate, stacked_logits, train_batch
 from pipeline.data import Dataset
 from pipeline.params import Params
 from pipeline.schedules import parse_spec
@@ -532,14 +532,11 @@ def rerun_workload(
 
 def test_accuracies(batch: BatchResult, test: Dataset) -> np.ndarray:
     """Each replicate's accuracy on ``test``, with the training's portable arithmetic."""
-    from pipeline import portable
-
     x, y = tensors(test, torch.device("cpu"))
     names = list(batch.state_dicts[0])
     weights = [torch.stack([state[n] for state in batch.state_dicts]) for n in names]
-    w1, b1, w2, b2 = weights
     with torch.no_grad():
-        logits = portable.linear(torch.tanh(portable.linear(x, w1, b1)), w2, b2)
+        logits = stacked_logits(weights, x)
     correct = (logits.argmax(dim=-1) == y).sum(dim=-1).numpy()
     return correct.astype(np.float64) / len(y)
 
