@@ -56,8 +56,10 @@ $(VENV)/.path: $(VENV)/.runtime scripts/venv_path.py Makefile
 	echo "import _lrsched_venv_path" > "$$site/lrsched-venv-path.pth"
 	touch $@
 
-$(VENV)/.test: $(VENV)/.runtime requirements/test.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/test.txt
+# The tests need the optional Ray engine too (requirements/ray.txt); `make run` does not.
+$(VENV)/.test: $(VENV)/.runtime requirements/test.txt requirements/ray.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-r requirements/test.txt -r requirements/ray.txt
 	touch $@
 
 clean:  ## remove the venv and the outputs (the MLflow store mlflow.db is kept)

@@ -63,6 +63,9 @@ class BatchResult:
     # scheduler step); None when train_batch was given no validation sets.
     validation_losses: np.ndarray | None = None
     evaluated: np.ndarray | None = None  # (evaluations,): the 0-based updates evaluated
+    # Each replicate's final metrics (:func:`replicate_finals`), where the process that trained
+    # it already computed them (a shard); None: run_results computes them.
+    finals: tuple[dict[str, float], ...] | None = None
 
 
 class _Stack:
@@ -348,9 +351,6 @@ def run_results(
 
     ``test_sets[noise]`` is the test set of a noise level.
     """
-    from pipeline.training import evaluate
-
-    cpu = torch.device("cpu")
     results = []
     for run in params.runs:
         spec, point = run.spec, run.point
@@ -361,14 +361,10 @@ def run_results(
         ]
         finals: dict[str, list[float]] = {}
         for index in indices:
-            model = LogicNet(hiddendim=params.model.hidden_dim)
-            model.load_state_dict(batch.state_dicts[index])
-            replicate = batch.replicates[index]
-            values = evaluate(
-                model, *tensors(train_sets[replicate.data_key], cpu),
-                *tensors(test_sets[replicate.noise], cpu),
-            )  # fmt: skip
-            values["final_lr"] = float(batch.rates[index, -1, 0])
+            if batch.finals is not None:
+                values = batch.finals[index]
+            else:
+                values = replicate_finals(batch, index, params, train_sets, test_sets)
             for key, value in values.items():
                 finals.setdefault(key, []).append(value)
         groups = spec.groups
@@ -388,3 +384,25 @@ def run_results(
             )
         )
     return results
+
+
+def replicate_finals(
+    batch: BatchResult,
+    index: int,
+    params: Params,
+    train_sets: Mapping[tuple[int, float], Dataset],
+    test_sets: Mapping[float, Dataset],
+) -> dict[str, float]:
+    """One replicate's final loss and accuracies on its train and test sets, and last rate."""
+    from pipeline.training import evaluate
+
+    cpu = torch.device("cpu")
+    model = LogicNet(hiddendim=params.model.hidden_dim)
+    model.load_state_dict(batch.state_dicts[index])
+    replicate = batch.replicates[index]
+    values = evaluate(
+        model, *tensors(train_sets[replicate.data_key], cpu),
+        *tensors(test_sets[replicate.noise], cpu),
+    )  # fmt: skip
+    values["final_lr"] = float(batch.rates[index, -1, 0])
+    return values

@@ -56,6 +56,17 @@ def _tracking_errors():
         raise click.ClickException(str(error)) from None
 
 
+@contextlib.contextmanager
+def _engine_errors():
+    # Only the stages that train import the engines: plot's code (and its DVC deps) stay apart.
+    from pipeline.execution import ExecutionError
+
+    try:
+        yield
+    except ExecutionError as error:
+        raise click.ClickException(str(error)) from None
+
+
 def _console(wrap: bool = False) -> Console:
     # Numeric tables keep their natural width: never truncated to a guessed 80 columns when
     # piped. Prose tables (wrap=True) fold to the terminal instead.
@@ -141,7 +152,7 @@ def train(params_path: Path, **paths: Any) -> None:
 
         params = _load(params_path, schedules="parse")
         bar = _StepBar(params.train.epochs)
-        with _params_errors(), _tracking_errors(), bar:
+        with _params_errors(), _tracking_errors(), _engine_errors(), bar:
             summary = stage.run(
                 params,
                 stage.TrainPaths(params_path, **paths),
@@ -179,7 +190,7 @@ def tune(params_path: Path, **paths: Any) -> None:
             f" then {params.tuning.reruns} re-runs of each choice"
         )
         bar = _UnitBar("tune", stage.total_updates(params), "trial-updates")
-        with _params_errors(), _tracking_errors(), bar:
+        with _params_errors(), _tracking_errors(), _engine_errors(), bar:
             summary = stage.run(
                 params, stage.TunePaths(params_path, **paths), tracker, progress=bar.advance
             )
@@ -226,8 +237,18 @@ def _train_plan(params: Params) -> str:
     return (
         f"training {len(params.schedules)} schedules{grid} x {params.train.seeds} seed(s) = "
         f"{len(params.runs) * params.train.seeds} runs x {params.train.epochs} steps, "
-        "as one batch"
+        + _where(params)
     )
+
+
+def _where(params: Params) -> str:
+    execution = params.execution
+    if execution.engine == "ray":
+        shards = "a shard per CPU" if execution.shards == "auto" else f"{execution.shards} shards"
+        return f"as Ray tasks ({shards}) on the cluster at {execution.address}"
+    if execution.shards in ("auto", 1):
+        return "as one batch"
+    return f"as {execution.shards} batches in parallel processes"
 
 
 class _StepBar:

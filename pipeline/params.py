@@ -39,6 +39,10 @@ ScheduleCheck = Literal["trial", "parse", "skip"]
 MAX_PARAMS_BYTES = 1_000_000
 MAX_YAML_NODES = 100_000  # far above any real params file, far below a YAML alias bomb
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A Ray cluster's GCS address, HOST:PORT (a name, IPv4 or [IPv6]), or "auto".
+RAY_ADDRESS = re.compile(
+    r"^(auto|([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5})$"
+)
 
 
 class ParamsError(ValueError):
@@ -50,6 +54,7 @@ class _Frozen(BaseModel):
 
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
+MAX_SHARDS = 10_000
 MAX_GRID = 50  # values of one grid axis (train.lr, data.noise)
 Rate = Annotated[StrictFloat, Field(gt=0, le=100)]
 Noise = Annotated[StrictFloat, Field(ge=0, le=10)]
@@ -126,6 +131,33 @@ class TuningParams(_Frozen):
     bootstrap: Annotated[StrictInt, Field(ge=10, le=1_000_000)] = 1000  # draws per budget curve
 
 
+def _ray_address(value: Any) -> Any:
+    if isinstance(value, str) and RAY_ADDRESS.match(value):
+        return value
+    raise ValueError("'auto' or the HOST:PORT of a Ray cluster's head, such as 10.0.0.5:6379")
+
+
+def _shard_count(value: Any) -> Any:
+    if value == "auto" or (type(value) is int and 1 <= value <= MAX_SHARDS):
+        return value
+    raise ValueError(f"'auto' or a whole number of shards from 1 to {MAX_SHARDS}")
+
+
+class ExecutionParams(_Frozen):
+    # Where the train and tune stages train: in this process ("local") or as Ray tasks on a
+    # cluster ("ray", docs/cluster.md). The outputs are the same bytes either way, so no stage
+    # lists this section among its params and switching engines re-runs nothing.
+    engine: Literal["local", "ray"] = "local"
+    # "auto": $RAY_ADDRESS, else the cluster `ray start --head` started on this host.
+    address: str = "auto"
+    # How many batched computations the train stage's runs are cut into. "auto": one in this
+    # process (local); one per CPU of the cluster, or per GPU where the runs train on GPUs (ray).
+    shards: Literal["auto"] | int = "auto"
+
+    _address = field_validator("address", mode="before")(_ray_address)
+    _shards = field_validator("shards", mode="before")(_shard_count)
+
+
 class _RawParams(_Frozen):
     seed: StrictInt = 42
     data: DataParams = DataParams()
@@ -137,6 +169,7 @@ class _RawParams(_Frozen):
     workloads: Any = None  # checked by pipeline.workloads; absent: its defaults
     search: Any = None  # checked by pipeline.search; absent: its defaults
     tuning: TuningParams = TuningParams()
+    execution: ExecutionParams = ExecutionParams()
 
 
 @dataclass(frozen=True)
@@ -177,6 +210,7 @@ class Params:
     workloads: tuple[Workload, ...] = ()
     search: SearchPlan | None = None
     tuning: TuningParams = field(default_factory=TuningParams)
+    execution: ExecutionParams = field(default_factory=ExecutionParams)
 
     @property
     def seeds(self) -> list[int]:
@@ -225,8 +259,11 @@ class Params:
         return (parse_params, (self.raw, "params", "parse"))
 
     def digest(self, *sections: str) -> str:
-        """sha256 of the named top-level sections (all when none), canonical JSON."""
-        chosen = {k: v for k, v in self.raw.items() if not sections or k in sections}
+        """sha256 of the named top-level sections, canonical JSON. None named: every section
+        that can change a result (all but ``execution``, which only says where runs train)."""
+        chosen = {
+            k: v for k, v in self.raw.items() if (k in sections if sections else k != "execution")
+        }
         canonical = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -306,6 +343,7 @@ def parse_params(
         workloads=workloads,
         search=search,
         tuning=raw.tuning,
+        execution=raw.execution,
     )
     if schedules == "trial":
         try_schedules(params, source)

@@ -175,7 +175,7 @@ def environment_tags(device: str) -> dict[str, str]:
         "python.version": platform.python_version(),
         "device": device,
     }
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and torch.cuda.is_available():  # not a CPU-only Ray driver
         tags["cuda.device_name"] = torch.cuda.get_device_name(0)
     if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`
         tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]

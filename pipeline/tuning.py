@@ -30,18 +30,21 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from pipeline import scoring, search, units
+from pipeline import scoring, search
 from pipeline.batched import BatchResult, Replicate, stacked_logits, train_batch
 from pipeline.data import Dataset
 from pipeline.params import Params
 from pipeline.schedules import parse_spec
 from pipeline.training import tensors
 from pipeline.workloads import Splits, Workload
+
+if TYPE_CHECKING:  # the plot stage reads tuning's results without running any engine
+    from pipeline.execution import Engine, Placement
 
 SCORED, TARGET_ONLY = "scored", "target"
 
@@ -118,6 +121,8 @@ class TuningResult:
     # rates the chosen setting really used (ReduceLROnPlateau's depend on the losses).
     chosen_rates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # phase -> wall time
+    # workload -> where its trials and its re-runs trained (the engine's placements)
+    placements: dict[str, list[Placement]] = field(default_factory=dict)
 
     def rows(self, schedule: str, workload: str, budget: str = SCORED) -> np.ndarray:
         """Indices of the trials of one schedule on one workload, study-major."""
@@ -313,6 +318,7 @@ def run_protocol(
     device: torch.device,
     progress: Progress = lambda done: None,
     workers: int | None = None,
+    engine: Engine | None = None,
 ) -> TuningResult:
     """Tune, select, re-run: the whole comparison on ``data`` (each workload's splits, as the
     generate stage wrote them). Selection reads the validation sets only; the test sets are
@@ -320,7 +326,8 @@ def run_protocol(
 
     Workloads train in ``workers`` processes at once (by default one per CPU this process may
     use; one on a GPU), each on one thread: a workload's numbers do not depend on how many
-    run beside it, so the bytes are the same with one worker or many.
+    run beside it, so the bytes are the same with one worker or many, or on a Ray cluster's
+    nodes (``engine``; by default this machine's processes).
     """
     plan = params.search
     assert plan is not None
@@ -328,12 +335,17 @@ def run_protocol(
     tuned = [w for w in workloads if not w.held_out]
     seeds = rerun_seeds(params)
     started = time.perf_counter()
-    with units.Pool(_worker_count(workers, device, len(workloads)), progress) as pool:
+    if engine is None:
+        from pipeline.execution import LocalEngine
+
+        engine = LocalEngine(device.type)
+    with engine.pool(_worker_count(workers, device, len(workloads)), progress) as pool:
         tuned_units = pool.map(
             tune_workload,
             [(params, w, data[w.name], str(device)) for w in workloads],
             costs=[_cost(params, w) for w in workloads],
         )
+        placements = {w.name: [p] for w, p in zip(workloads, pool.placements, strict=True)}
         trials: list[Trial] = []
         times, best, final = [], [], []
         targets: dict[str, dict[str, Any]] = {}
@@ -373,11 +385,14 @@ def run_protocol(
             ],
             costs=[w.epochs * len(plan.spaces) for w in workloads],
         )
+        for workload, placement in zip(workloads, pool.placements, strict=True):
+            placements[workload.name].append(placement)
     for workload, (reruns, rates, test_target) in zip(workloads, reran, strict=True):
         result.reruns += reruns
         result.chosen_rates[workload.name] = rates
         result.targets[workload.name].update(test_target)
     result.seconds["re-runs"] = time.perf_counter() - started
+    result.placements = placements
     return result
 
 

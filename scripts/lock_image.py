@@ -1,19 +1,26 @@
-"""Write the images' hash locks, requirements/image*.txt, from requirements/lock.txt.
+"""Write the images' hash locks, requirements/image*.txt, from requirements/lock.txt and ray.txt.
 
-Every version is the host lock's; pip itself picks the file that a Linux x86_64 CPython 3.11
-would install and reports its sha256 (``pip install --dry-run --report``: wheels' metadata is
-read from the index, nothing is installed, and only an sdist is downloaded). The files:
+Every version is the host lock's, or ``ray.txt``'s for the Ray engine's tree (the ``ray`` extra:
+both images carry it, so that any of them can join a Ray cluster). pip itself picks the file that
+a Linux x86_64 CPython 3.11 would install and reports its sha256 (``pip install --dry-run
+--report``: wheels' metadata is read from the index, nothing is installed, and only an sdist is
+downloaded). The files:
 
 - ``image-build.txt``: setuptools, to build the one sdist (antlr4) and the project offline;
-- ``image.txt``: everything in ``lock.txt`` but torch, from PyPI;
+- ``image.txt``: everything in ``lock.txt`` but torch, and everything in ``ray.txt``, from PyPI;
 - ``image-cpu.txt``: ``torch==2.13.0+cpu`` from the PyTorch CPU index (or the same file found
   with ``--find-links``: the hash is the file's, whichever place served it);
 - ``image-gpu.txt``: ``torch==2.13.0`` from PyPI (the CUDA build) and the CUDA wheels it needs,
-  resolved against ``lock.txt`` so that anything shared keeps the host's version.
+  resolved against ``lock.txt`` and ``ray.txt`` so that anything shared keeps their version.
+  The CUDA wheels' versions follow from torch's, but only within ranges: while torch's version
+  is the one ``image-gpu.txt`` already holds, a re-run keeps its versions too, so that locking
+  again for another reason (a new package in ``ray.txt``) changes nothing else. ``--refresh-gpu``
+  takes the newest the ranges allow.
 
 pip runs ``--isolated`` (no user or site configuration, no PIP_* variables), so the result
 depends only on this file and the indexes. Run: ``python scripts/lock_image.py [--find-links
-DIR]``; ``--check`` only checks, offline, that the image locks carry the host lock's versions.
+DIR] [--refresh-gpu]``; ``--check`` only checks, offline, that the image locks carry exactly
+``lock.txt``'s and ``ray.txt``'s versions.
 """
 
 from __future__ import annotations
@@ -47,6 +54,11 @@ def read_pins(path: Path) -> dict[str, tuple[str, str]]:
         if match:
             pins[canonical(match[1])] = (match[1], match[2])
     return pins
+
+
+def extra_pins() -> dict[str, tuple[str, str]]:
+    """``ray.txt``'s pins: those also in ``lock.txt`` must be the same, as its ``-c lock.txt``."""
+    return read_pins(REQUIREMENTS / "ray.txt")
 
 
 def resolve(requirements: list[str], index: str, *, deps: bool, extra: list[str]) -> list[dict]:
@@ -105,9 +117,15 @@ def write_lock(path: Path, purpose: str, chosen: list[dict], names: dict[str, st
 
 
 def check() -> list[str]:
-    """Every package of an image lock that is also in lock.txt has lock.txt's version."""
+    """Every package of an image lock that is also in lock.txt has lock.txt's version; image.txt
+    holds exactly lock.txt without torch, and ray.txt."""
     host = read_pins(REQUIREMENTS / "lock.txt")
-    problems = []
+    ray = extra_pins()
+    problems = [
+        f"ray.txt: {name}=={version}, lock.txt has {host[key][1]}"
+        for key, (name, version) in ray.items()
+        if key in host and host[key][1] != version
+    ]
     images = {name: read_pins(REQUIREMENTS / name) for name in IMAGE_LOCKS}
     for file, pins in images.items():
         for key, (name, version) in pins.items():
@@ -117,10 +135,15 @@ def check() -> list[str]:
                 and not (key == "torch" and file == "image-gpu.txt")
             ):
                 problems.append(f"{file}: {name}=={version}, lock.txt has {host[key][1]}")
+            if key in ray and ray[key][1] != version:
+                problems.append(f"{file}: {name}=={version}, ray.txt has {ray[key][1]}")
     cpu_image = images["image.txt"] | images["image-cpu.txt"]
-    for key, (name, version) in host.items():
+    for key, (name, version) in (host | ray).items():
         if key not in cpu_image:
             problems.append(f"image.txt/image-cpu.txt lack {name}=={version}")
+    for key, (name, version) in images["image.txt"].items():
+        if key == "torch" or key not in host | ray:
+            problems.append(f"image.txt: {name}=={version} is in neither lock.txt nor ray.txt")
     gpu_torch = images["image-gpu.txt"].get("torch", ("torch", "?"))[1]
     if gpu_torch != host["torch"][1].split("+")[0]:
         problems.append(f"image-gpu.txt: torch=={gpu_torch}, lock.txt has {host['torch'][1]}")
@@ -134,21 +157,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--find-links", help="a folder that also holds torch's +cpu wheel")
     parser.add_argument("--check", action="store_true", help="only check the versions, offline")
+    parser.add_argument(
+        "--refresh-gpu",
+        action="store_true",
+        help="the newest CUDA wheels torch allows, not those image-gpu.txt already holds",
+    )
     args = parser.parse_args()
     if args.check:
         problems = check()
-        print("\n".join(problems) or "image locks carry lock.txt's versions")
+        print("\n".join(problems) or "image locks carry lock.txt's and ray.txt's versions")
         return 1 if problems else 0
 
     host = read_pins(REQUIREMENTS / "lock.txt")
-    names = {key: name for key, (name, _) in host.items()}
-    runtime = [f"{name}=={version}" for key, (name, version) in host.items() if key != "torch"]
+    # What ray.txt shares with lock.txt has lock.txt's version (check() says so otherwise).
+    pinned = extra_pins() | host
+    names = {key: name for key, (name, _) in pinned.items()}
+    runtime = [f"{name}=={version}" for key, (name, version) in pinned.items() if key != "torch"]
     torch_version = host["torch"][1]
 
     build = resolve(BUILD_TOOLS, PYPI, deps=False, extra=[])
     write_lock(REQUIREMENTS / "image-build.txt", "Build tools, installed first.", build, names)
     common = resolve(runtime, PYPI, deps=False, extra=[])
-    write_lock(REQUIREMENTS / "image.txt", "Both images: lock.txt without torch.", common, names)
+    write_lock(
+        REQUIREMENTS / "image.txt",
+        "Both images: lock.txt without torch, and ray.txt.",
+        common,
+        names,
+    )
 
     # The PyPI file is the CUDA build; +cpu lives on PyTorch's own index. Where that index
     # cannot be reached, the same file in a local folder gives the same hash.
@@ -161,11 +196,20 @@ def main() -> int:
     )
     write_lock(REQUIREMENTS / "image-cpu.txt", "CPU image: torch's +cpu build.", cpu, names)
 
+    gpu_torch = torch_version.split("+")[0]
+    previous = read_pins(REQUIREMENTS / "image-gpu.txt")
+    kept = []
+    if not args.refresh_gpu and previous.get("torch", ("torch", None))[1] == gpu_torch:
+        kept = [
+            f"{name}=={version}"
+            for key, (name, version) in previous.items()
+            if key != "torch" and key not in pinned
+        ]
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as constraints:
-        constraints.write("\n".join(runtime) + "\n")
+        constraints.write("\n".join(runtime + kept) + "\n")
         constraints.flush()
         gpu = resolve(
-            [f"torch=={torch_version.split('+')[0]}"],
+            [f"torch=={gpu_torch}"],
             PYPI,
             deps=True,
             extra=["--constraint", constraints.name],
@@ -179,7 +223,7 @@ def main() -> int:
         names,
     )
     problems = check()
-    print("\n".join(problems) or "image locks carry lock.txt's versions")
+    print("\n".join(problems) or "image locks carry lock.txt's and ray.txt's versions")
     return 1 if problems else 0
 
 

@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from pipeline import curves, data, files, report, stats, tracking
+from pipeline import curves, data, execution, files, report, shards, stats, tracking
 from pipeline.background import Reply, Tracker, failed_run_on_error
-from pipeline.batched import Replicate, run_results, train_batch
+from pipeline.batched import BatchResult, Replicate, run_results, train_batch
 from pipeline.model import stacked_weights, weights_bytes
 from pipeline.params import Params, try_schedules
 from pipeline.results import RunResult
-from pipeline.training import make_deterministic, select_device
+from pipeline.training import make_deterministic
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,11 @@ def run(
     after each update.
     """
     uri = tracking.tracking_uri()
-    with failed_run_on_error(tracker, uri):
+    # The engine first: an unreachable cluster stops the stage before the store is touched.
+    with (
+        execution.connected(params.execution, params.train.device) as engine,
+        failed_run_on_error(tracker, uri),
+    ):
         # The store opens (and what a killed train left is reaped) while torch tries each
         # schedule: a rate that blows up stops the stage here, and the store then holds no run.
         # A store that cannot be opened stops training at the next step (`poll`), and no output
@@ -78,7 +83,7 @@ def run(
         on_start()
         started = time.perf_counter()
         make_deterministic()
-        device = select_device(params.train.device)
+        device = torch.device(engine.device)
         train_sets = data.read_sets(paths.train_data)
         test_sets = data.read_test_sets(paths.test_data)
         replicates = [
@@ -98,6 +103,7 @@ def run(
             **git,
             **tracking.source_tags("lrsched train"),
             **tracking.environment_tags(str(device)),
+            **engine.tags(),
             "params.sha256": params.digest(),
             "data.sha256": files.sha256_files([paths.train_data, paths.test_data]),
         }
@@ -113,8 +119,10 @@ def run(
             tracker.poll()
 
         training_started = time.perf_counter()
-        batch = train_batch(replicates, params, train_sets, device, on_step=step)
+        batch, placements = _train(engine, replicates, params, train_sets, test_sets, step)
+        tracker.tag_parent("execution.nodes", execution.node_list(placements))
         results = run_results(batch, params, train_sets, test_sets)
+        nodes = _nodes_by_run(batch.replicates, placements, params)
         rankings = _rank_by_noise(results, params)
         ranked = {row.name: row for ranking in rankings.values() for row in ranking}
         training_seconds = time.perf_counter() - training_started
@@ -140,7 +148,12 @@ def run(
                 tracker.log_child(
                     result.name,
                     {**shared, **tracking.flatten({**point, "scheduler": spec.as_params()})},
-                    {**lineage, "scheduler": spec.name, "scheduler.type": spec.type},
+                    {
+                        **lineage,
+                        "scheduler": spec.name,
+                        "scheduler.type": spec.type,
+                        "execution.nodes": nodes[result.name],
+                    },
                     curves.series(result),
                     {**result.final, **_ranking_metrics(ranked[result.name])},
                     artifacts,
@@ -179,6 +192,62 @@ def run(
             opened.get(),
             registration.get() if registration else None,
         )
+
+
+def _train(
+    engine: execution.Engine,
+    replicates: list[Replicate],
+    params: Params,
+    train_sets: Mapping[tuple[int, float], data.Dataset],
+    test_sets: Mapping[float, data.Dataset],
+    on_step: Callable[[int], None],
+) -> tuple[BatchResult, list[execution.Placement]]:
+    """Every replicate trained: in this process as one batch, or cut into shards that the
+    engine runs where it can; either way the same numbers, with where each replicate ran."""
+    count = engine.shard_count(params.execution.shards)
+    if engine.name == "local" and count == 1:
+        device = torch.device(engine.device)
+        batch = train_batch(replicates, params, train_sets, device, on_step=on_step)
+        return batch, [execution.here()] * len(replicates)
+    groups = shards.cut(len(replicates), count)
+    keys = [(run.name, seed) for run in params.runs for seed in params.seeds]
+    done = 0
+
+    def progress(replicate_updates: int) -> None:
+        # The bar counts steps of the whole batch: the shards' updates over its replicates.
+        nonlocal done
+        done += replicate_updates
+        on_step(max(done // len(replicates), 1) - 1)
+
+    units = [
+        (
+            params,
+            [keys[i] for i in group],
+            {replicates[i].data_key: train_sets[replicates[i].data_key] for i in group},
+            {replicates[i].noise: test_sets[replicates[i].noise] for i in group},
+            engine.device,
+        )
+        for group in groups
+    ]
+    with engine.pool(min(len(groups), os.cpu_count() or 1), progress) as pool:
+        parts = pool.map(shards.train_shard, units, costs=[len(group) for group in groups])
+        by_shard = pool.placements
+    placements: list[execution.Placement] = [execution.here()] * len(replicates)
+    for group, placement in zip(groups, by_shard, strict=True):
+        for index in group:
+            placements[index] = placement
+    return shards.merge(parts, groups, replicates), placements
+
+
+def _nodes_by_run(
+    replicates: tuple[Replicate, ...], placements: list[execution.Placement], params: Params
+) -> dict[str, str]:
+    """Each named run's nodes: where any of its seeds trained."""
+    names = [run.name for run in params.runs for _ in params.seeds]
+    found: dict[str, list[execution.Placement]] = {}
+    for name, placement in zip(names, placements, strict=True):
+        found.setdefault(name, []).append(placement)
+    return {name: execution.node_list(where) for name, where in found.items()}
 
 
 def _data_file(

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import files, tracking, tuning, tuning_figures, tuning_report, workloads
+import torch
+
+from pipeline import execution, files, tracking, tuning, tuning_figures, tuning_report, workloads
 from pipeline.background import Tracker, failed_run_on_error
 from pipeline.params import Params
-from pipeline.training import make_deterministic, select_device
+from pipeline.training import make_deterministic
 
 TRIAL_COLUMNS = (
     "workload",
@@ -77,11 +79,15 @@ def run(
     progress: Callable[[int], None] = lambda done: None,
 ) -> TuneSummary:
     uri = tracking.tracking_uri()
-    with failed_run_on_error(tracker, uri):
+    # The engine first: an unreachable cluster stops the stage before the store is touched.
+    with (
+        execution.connected(params.execution, params.train.device) as engine,
+        failed_run_on_error(tracker, uri),
+    ):
         opened = tracker.open_store(uri, params.mlflow.experiment, os.getpid())
         started = time.perf_counter()
         make_deterministic()
-        device = select_device(params.train.device)
+        device = torch.device(engine.device)
         data = workloads.read_splits(paths.data)
         missing = [w.name for w in params.workloads if w.name not in data]
         if missing:
@@ -91,6 +97,7 @@ def run(
             **git,
             **tracking.source_tags("lrsched tune"),
             **tracking.environment_tags(str(device)),
+            **engine.tags(),
             tracking.PARENT_KIND_TAG: "tune",
             "params.sha256": params.digest("seed", "train", "workloads", "search", "tuning"),
             "data.sha256": files.sha256_files([paths.data]),
@@ -116,7 +123,11 @@ def run(
         opened.get()
 
         training_started = time.perf_counter()
-        result = tuning.run_protocol(params, data, device, _polling(progress, tracker))
+        result = tuning.run_protocol(
+            params, data, device, _polling(progress, tracker), engine=engine
+        )
+        everywhere = [p for placed in result.placements.values() for p in placed]
+        tracker.tag_parent("execution.nodes", execution.node_list(everywhere))
         training_seconds = time.perf_counter() - training_started
         outputs_started = time.perf_counter()
         scores = tuning.score(params, result)
@@ -329,6 +340,7 @@ def _log_children(
                     "workload": workload.name,
                     "held_out": str(workload.held_out).lower(),
                     "lr_at_edge": str(setting["lr_at_edge"]).lower(),
+                    "execution.nodes": execution.node_list(result.placements[workload.name]),
                 },
                 series,
                 final,

@@ -1,23 +1,27 @@
-"""Real servers for the tests, on 127.0.0.1 only: PostgreSQL and the MLflow tracking server."""
+"""Real servers for the tests, on 127.0.0.1 only: PostgreSQL and the MLflow tracking server,
+open or behind its basic-auth app."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN
+from tests.conftest import BIN, ROOT
 
 
 def free_port() -> int:
@@ -134,3 +138,51 @@ def postgres() -> Iterator[str]:
             capture_output=True,
         )
         shutil.rmtree(folder, ignore_errors=True)
+
+
+ENTRYPOINT = ROOT / "docker" / "mlflow_auth_entrypoint.py"
+
+
+@dataclass
+class AuthServer(Server):
+    admin: tuple[str, str]
+
+
+@contextlib.contextmanager
+def mlflow_auth_server(
+    backend_uri: str, folder: Path, admin_password: str, port: int | None = None
+) -> Iterator[AuthServer]:
+    """``mlflow server --app-name basic-auth`` started as the server image starts it: through
+    ``docker/mlflow_auth_entrypoint.py``, with the users in the backend's own database (as in
+    docker/compose.yaml), the admin's password from a secret file and the rest from the
+    environment."""
+    require("Flask-WTF (MLflow's basic-auth app needs it)", find_spec("flask_wtf") is not None)
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / f"mlflow-auth-server-{port}.log"
+    secret = folder / "admin_password"
+    secret.write_text(f"{admin_password}\n")
+    secret.chmod(0o600)
+    command = [
+        sys.executable, str(ENTRYPOINT),
+        str(BIN / "mlflow"), "server", "--app-name", "basic-auth",
+        "--backend-store-uri", backend_uri,
+        "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {
+        "MLFLOW_AUTH_DATABASE_URI": backend_uri,
+        "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(secret),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
+    }
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", process, log)
+        yield AuthServer(url, process, log, ("admin", admin_password))
+    finally:
+        stop(process)

@@ -1,7 +1,8 @@
 """docker/Dockerfile and its locks, checked without an engine (`make image-test` runs it for real).
 
-Hash-locked with the host lock's versions, linted, and the README's docker lines agree with the
-Dockerfile's targets and tags.
+Hash-locked with the host lock's versions and Ray's (requirements/ray.txt: both images carry it,
+`make test` installs it, `make run` does not), linted, and the README's docker lines agree with
+the Dockerfile's targets and tags.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
+from importlib import metadata
 
 import pytest
+from packaging.requirements import Requirement
 
 from tests.conftest import BIN, ROOT
 
@@ -67,3 +71,44 @@ def test_readme_lines_build_and_run_the_images_the_dockerfile_names():
         assert re.search(rf"^FROM \S+ AS {target}$", DOCKERFILE, re.M)
     assert DOCKERFILE.count('CMD ["dvc", "repro"]') == 2
     assert DOCKERFILE.count("USER 10001:10001") == 2
+
+
+def test_both_images_carry_the_ray_extra_and_make_test_installs_it():
+    (pin,) = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["ray"]
+    ray_txt = (ROOT / "requirements" / "ray.txt").read_text().splitlines()
+    assert "-c lock.txt" in ray_txt and pin in ray_txt
+    # image.txt is installed in the stage both images' venvs start from.
+    assert f"{pin} \\" in (ROOT / "requirements" / "image.txt").read_text().splitlines()
+    assert "COPY requirements/image-build.txt requirements/image.txt" in DOCKERFILE
+    for target in ("gpu", "cpu"):
+        assert re.search(rf"^FROM venv AS venv-{target}$", DOCKERFILE, re.M)
+    makefile = (ROOT / "Makefile").read_text()
+    test_rule = re.search(r"^\$\(VENV\)/\.test: (.*)\n((?:\t.*\n)+)", makefile, re.M)
+    runtime_rule = re.search(r"^\$\(VENV\)/\.runtime: (.*)\n((?:\t.*\n)+)", makefile, re.M)
+    assert "requirements/ray.txt" in test_rule[1].split()
+    assert "-r requirements/ray.txt" in test_rule[2]
+    assert "ray" not in runtime_rule[0]  # `make run` needs no Ray
+
+
+def test_ray_txt_is_the_whole_tree_of_the_installed_ray():
+    """Every package ray needs, and what those need, pinned at the version installed here."""
+    try:
+        metadata.distribution("ray")
+    except metadata.PackageNotFoundError:
+        if os.environ.get("CI"):
+            pytest.fail("ray is missing (requirements/ray.txt)")
+        pytest.skip("ray is not installed (pip install -r requirements/ray.txt)")
+    pins = lock_image.read_pins(ROOT / "requirements" / "ray.txt")
+    tree, todo = {}, ["ray"]
+    while todo:
+        distribution = metadata.distribution(todo.pop())
+        key = lock_image.canonical(distribution.metadata["Name"])
+        if key in tree:
+            continue
+        tree[key] = distribution.version
+        for requirement in map(Requirement, distribution.requires or []):
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    assert {key: version for key, (_, version) in pins.items()} == tree

@@ -1,0 +1,330 @@
+"""Where the stages train: in this machine's processes, or as Ray tasks on a cluster.
+
+A stage hands its training to an engine as units: a shard of the train stage's runs
+(:mod:`pipeline.shards`), a tuning workload (:mod:`pipeline.tuning`). Each unit is a plain
+function of picklable arguments that returns its numbers; the stage's own process (the driver)
+is the only one that writes files or talks to MLflow. A unit's numbers do not depend on where it
+ran or on what ran beside it, so the engine and the cut change no output byte
+(tests/test_execution.py, tests/test_ray_cluster.py).
+
+``ray`` is imported only by :class:`RayEngine`: the local engine, ``import pipeline`` and
+``lrsched --help`` never import it (it is an optional dependency: ``pip install -e '.[ray]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pipeline import units
+from pipeline.params import ExecutionParams
+
+Progress = Callable[[int], None]
+PACKAGE = Path(__file__).resolve().parent
+CONNECT_TIMEOUT_S = 5.0  # an unreachable head is reported within this, before any work
+RETRIES = 3  # each unit, when its worker or node dies (a unit that raises is not retried)
+_WAIT_S = 0.2  # how often the driver wakes while units run: progress, and the store's health
+
+
+class ExecutionError(RuntimeError):
+    """The engine cannot run: Ray missing, the cluster unreachable, nodes that differ."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a unit trained: a Ray node's id (or this host's name) and its address."""
+
+    node: str
+    address: str
+
+
+class Mapper(Protocol):
+    placements: list[Placement]  # of the last ``map``'s units, in their order
+
+    def map(
+        self,
+        function: Callable[..., Any],
+        arguments: Sequence[tuple[Any, ...]],
+        costs: Sequence[float],
+    ) -> list[Any]: ...
+
+
+class Engine(Protocol):
+    name: str
+    device: str  # the device the units train on: "cpu" or "cuda"
+
+    def shard_count(self, setting: int | str) -> int: ...
+
+    def pool(self, workers: int, progress: Progress) -> contextlib.AbstractContextManager[Mapper]:
+        """``map`` calls ``function(*arguments, progress)`` for each unit, in parallel."""
+        ...
+
+    def tags(self) -> dict[str, str]: ...
+
+
+def here() -> Placement:
+    return Placement(socket.gethostname(), "local")
+
+
+class LocalEngine:
+    """This machine: one process, or one single-threaded process per unit up to ``workers``."""
+
+    name = "local"
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+    def shard_count(self, setting: int | str) -> int:
+        return 1 if setting == "auto" else int(setting)
+
+    @contextlib.contextmanager
+    def pool(self, workers: int, progress: Progress) -> Iterator[Mapper]:
+        with units.Pool(workers, progress) as pool:
+            yield _LocalMapper(pool)
+
+    def tags(self) -> dict[str, str]:
+        return {"execution.engine": "local"}
+
+
+class _LocalMapper:
+    def __init__(self, pool: units.Pool) -> None:
+        self.pool = pool
+        self.placements: list[Placement] = []
+
+    def map(
+        self,
+        function: Callable[..., Any],
+        arguments: Sequence[tuple[Any, ...]],
+        costs: Sequence[float],
+    ) -> list[Any]:
+        self.placements = [here()] * len(arguments)
+        return self.pool.map(function, arguments, costs)
+
+
+def connect(execution: ExecutionParams, device_setting: str) -> Engine:
+    """The engine ``execution`` names, ready: for ``ray``, connected to its cluster, or an
+    :class:`ExecutionError` within seconds that says what is wrong (nothing is started)."""
+    if execution.engine == "local":
+        from pipeline.training import select_device
+
+        return LocalEngine(select_device(device_setting).type)
+    return RayEngine(resolve_address(execution.address), device_setting)
+
+
+@contextlib.contextmanager
+def connected(execution: ExecutionParams, device_setting: str) -> Iterator[Engine]:
+    """:func:`connect`, and for Ray, the driver's connection closed when the stage ends."""
+    engine = connect(execution, device_setting)
+    try:
+        yield engine
+    finally:
+        if isinstance(engine, RayEngine):
+            engine.close()
+
+
+def resolve_address(setting: str) -> str:
+    """``auto``: $RAY_ADDRESS, else the cluster ``ray start --head`` started on this host."""
+    if setting != "auto":
+        return setting
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    # Where `ray start --head` leaves its address; Ray's own "auto" reads the same file.
+    base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    current = Path(base) / "ray" / "ray_current_cluster"
+    with contextlib.suppress(OSError):
+        address = current.read_text().strip()
+        if address:
+            return address
+    raise ExecutionError(
+        "execution.address is 'auto', but RAY_ADDRESS is not set and no Ray cluster was "
+        "started on this host; start one (`ray start --head`) or set execution.address to "
+        "the HOST:PORT of a cluster's head"
+    )
+
+
+def probe(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast where nothing listens: Ray's own connect retries for a minute or more."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise ExecutionError(
+            f"cannot reach the Ray cluster at {address} (execution.address): {reason}. "
+            "Is its head up (`ray status --address " + address + "`)?"
+        ) from None
+
+
+def code_digest(package: Path = PACKAGE) -> str:
+    """sha256 of the package's Python sources: the driver's and each worker's must agree."""
+    digest = hashlib.sha256()
+    for path in sorted(package.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def environment() -> dict[str, str]:
+    """What a unit's numbers depend on besides its arguments: versions, code, CPU path."""
+    import numpy
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "numpy": numpy.__version__,
+        "code": code_digest(),
+        "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY", ""),
+    }
+
+
+class RayEngine:
+    """Units as Ray tasks on the cluster at ``address``, each with one CPU (or one GPU), each
+    retried when its worker or node dies. The driver's code travels with the job
+    (``py_modules``), so every node runs exactly the code DVC hashed."""
+
+    name = "ray"
+
+    def __init__(self, address: str, device_setting: str) -> None:
+        probe(address)
+        try:
+            import ray
+        except ImportError:
+            raise ExecutionError(
+                "execution.engine is 'ray', but Ray is not installed here: "
+                "pip install -e '.[ray]' (the project's images have it)"
+            ) from None
+        import logging
+
+        self.address, self.ray = address, ray
+        started = time.perf_counter()
+        portable = {key: os.environ[key] for key in ("ATEN_CPU_CAPABILITY", "MKL_CBWR")}
+        try:
+            ray.init(
+                address=address,
+                namespace="lrsched",
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                runtime_env={"py_modules": [str(PACKAGE)], "env_vars": portable},
+            )
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise ExecutionError(
+                f"cannot join the Ray cluster at {address}: {error}\nA driver runs on a node "
+                f"of its cluster: on this machine, `ray start --address={address} "
+                "--num-cpus=0` first, or run the stage on the head (docs/cluster.md)"
+            ) from None
+        self.connect_seconds = time.perf_counter() - started
+        resources = ray.cluster_resources()
+        self.cpus, self.gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
+        if device_setting == "cuda" and not self.gpus:
+            ray.shutdown()
+            raise ExecutionError(
+                f"train.device is 'cuda', but the Ray cluster at {address} has no GPU; "
+                "use cpu or auto"
+            )
+        # auto: the GPUs where the cluster has any, so that every unit trains on one kind.
+        self.device = "cpu" if device_setting == "cpu" or not self.gpus else "cuda"
+        if not (self.gpus if self.device == "cuda" else self.cpus):
+            ray.shutdown()
+            raise ExecutionError(f"the Ray cluster at {address} has no {self.device.upper()}")
+        self.expected = environment()
+
+    def shard_count(self, setting: int | str) -> int:
+        if setting != "auto":
+            return int(setting)
+        return self.gpus if self.device == "cuda" else self.cpus
+
+    @contextlib.contextmanager
+    def pool(self, workers: int, progress: Progress) -> Iterator[Mapper]:
+        yield _RayMapper(self, progress)
+
+    def tags(self) -> dict[str, str]:
+        return {"execution.engine": "ray", "execution.address": self.address}
+
+    def close(self) -> None:
+        self.ray.shutdown()
+
+    def check(self, placement: Placement, found: dict[str, str]) -> None:
+        differ = {key: (found.get(key), value) for key, value in self.expected.items()}
+        differ = {key: pair for key, pair in differ.items() if pair[0] != pair[1]}
+        if differ:
+            described = "; ".join(
+                f"{key} {w!r} there, {d!r} here" for key, (w, d) in differ.items()
+            )
+            raise ExecutionError(
+                f"Ray node {placement.node} ({placement.address}) differs from the driver: "
+                f"{described}. Run every node from the same image (docs/cluster.md)"
+            )
+
+
+def _run_unit(function: Callable[..., Any], arguments: tuple[Any, ...]) -> tuple[Any, ...]:
+    """In a Ray worker: the unit, its progress count, where it ran and what it ran with."""
+    import ray
+
+    from pipeline.training import make_deterministic
+
+    make_deterministic()
+    done = 0
+
+    def progress(count: int) -> None:
+        nonlocal done
+        done += count
+
+    result = function(*arguments, progress)
+    context = ray.get_runtime_context()
+    placement = Placement(context.get_node_id(), ray.util.get_node_ip_address())
+    return result, done, placement, environment()
+
+
+class _RayMapper:
+    def __init__(self, engine: RayEngine, progress: Progress) -> None:
+        self.engine, self.progress = engine, progress
+        self.placements: list[Placement] = []
+
+    def map(
+        self,
+        function: Callable[..., Any],
+        arguments: Sequence[tuple[Any, ...]],
+        costs: Sequence[float],
+    ) -> list[Any]:
+        ray = self.engine.ray
+        resources = {"num_gpus": 1} if self.engine.device == "cuda" else {"num_cpus": 1}
+        remote = ray.remote(_run_unit).options(
+            max_retries=RETRIES, retry_exceptions=False, **resources
+        )
+        # The costliest first, as the local pool does: the last to finish is a short one.
+        order = sorted(range(len(arguments)), key=lambda i: -costs[i])
+        index_of = {remote.remote(function, arguments[i]): i for i in order}
+        pending, results = list(index_of), [None] * len(arguments)
+        placements: list[Placement | None] = [None] * len(arguments)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=_WAIT_S)
+                for reference in ready:
+                    try:
+                        result, done, placement, found = ray.get(reference)
+                    except ray.exceptions.RayTaskError as error:
+                        raise error.as_instanceof_cause() from None
+                    self.engine.check(placement, found)
+                    results[index_of[reference]] = result
+                    placements[index_of[reference]] = placement
+                    self.progress(done)
+                self.progress(0)  # the driver's own checks (the store's health) run meanwhile
+        finally:
+            for reference in pending:  # a failure, or the stage interrupted: stop the rest
+                ray.cancel(reference, force=True)
+        self.placements = [p for p in placements if p is not None]
+        return results
+
+
+def node_list(placements: Sequence[Placement]) -> str:
+    """The nodes of some units, each once, in a stable order: an MLflow tag's value."""
+    return ",".join(sorted({placement.node for placement in placements}))
