@@ -81,6 +81,9 @@ NOT_RUN = {
     "make check": "lint and the fast half of this suite: `make test` runs both, not a test",
     "make bench": "minutes of full-size training, timed: a measurement, not a check",
     "make image-test": "builds the CPU image with podman, 12 to 17 minutes, as root: .ci/run",
+    ".venv/bin/dvc exp run -f -S execution.engine=ray -S execution.address=HEAD:6379": (
+        "needs a Ray cluster at HEAD: tests/test_ray_cluster.py runs it against a real one"
+    ),
 }
 # A fenced block marked <!-- image-test: NAME --> is run word for word by `make image-test`.
 IMAGE_TEST = "the docker command `make image-test` runs word for word (scripts/image_test.py)"
