@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -136,10 +137,17 @@ class Recorder:
                 mlflow.set_experiment(experiment_id=self.experiment_id)
                 self.reaped = self._reap_abandoned_runs()
         except (MlflowException, OSError) as error:
+            refused = isinstance(error, MlflowException) and _refused(error)
+            advice = (
+                "The server refused the credentials: check MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD, and that this account may write to the experiment."
+                if refused
+                else "Start the tracking server, fix MLFLOW_TRACKING_URI, or unset it to use "
+                "the embedded store."
+            )
             raise TrackingUnavailable(
                 f"cannot use the MLflow store {uri}: {first_line(error)}\n"
-                "Start the tracking server, fix MLFLOW_TRACKING_URI, or unset it to use the "
-                "embedded store. Nothing was written."
+                f"{advice} Nothing was written."
             ) from None
 
     def _reap_abandoned_runs(self) -> list[str]:
@@ -347,3 +355,11 @@ def attach_files(uri: str, run_id: str, paths: Iterable[Path], folder: str) -> N
     client = MlflowClient(tracking_uri=uri)
     for path in paths:
         client.log_artifact(run_id, str(path), artifact_path=folder)
+
+
+def _refused(error: MlflowException) -> bool:
+    """A login's refusal (401, 403), told from a server that is down or a bad address."""
+    if error.get_http_status_code() in (401, 403):
+        return True
+    # A refusal from the auth app arrives as a plain-text page, which MLflow wraps whole.
+    return re.search(r"error code (401|403)\b", str(error)) is not None

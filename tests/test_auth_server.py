@@ -195,6 +195,8 @@ def test_a_wrong_password_is_refused_and_lrsched_says_why(team, tmp_path):
     )  # fmt: skip
     assert stopped.returncode != 0
     assert "cannot use the MLflow store" in stopped.stderr and "401" in stopped.stderr, stopped
+    assert "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in stopped.stderr
+    assert "Start the tracking server" not in stopped.stderr  # it is up: the login failed
     assert not (project / "outputs").exists() and not (project / "figures").exists()
     assert inventory(team) == before
 
