@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts.benchmark import fresh_project, train_summary  # noqa: E402
-from tests.test_faults import TRAIN_OUTPUTS, train_command  # noqa: E402
+from tests.test_faults import train_command, train_outputs  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -52,16 +52,6 @@ def cluster_at(address: str | None) -> Iterator[tuple[str, list[str], dict]]:
 
     with two_nodes() as cluster:
         yield cluster.address, cluster.inside([]), cluster.env
-
-
-def outputs(project: Path) -> dict[str, bytes]:
-    found = {}
-    for output in TRAIN_OUTPUTS:
-        path = project / output
-        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
-            if file.is_file():
-                found[str(file.relative_to(project))] = file.read_bytes()
-    return found
 
 
 def one_train(
@@ -84,7 +74,7 @@ def one_train(
         seconds = time.perf_counter() - started
         if done.returncode:
             sys.exit(f"train ({engine}) failed:\n{done.stdout}\n{done.stderr}")
-        return seconds, train_summary(done.stdout), outputs(project)
+        return seconds, train_summary(done.stdout), train_outputs(project)
 
 
 def main() -> None:

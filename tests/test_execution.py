@@ -22,7 +22,7 @@ from pipeline.params import ExecutionParams, ParamsError, parse_params
 from stages import generate
 from tests.conftest import BIN, ROOT, make_project, project_env, run, tiny_document
 from tests.servers import free_port
-from tests.test_faults import TRAIN_OUTPUTS, train_command
+from tests.test_faults import train_command, train_outputs
 
 # Refuses every import of Ray, in the process and in every process it starts (PYTHONPATH).
 NO_RAY = """
@@ -193,13 +193,7 @@ def test_the_ray_engine_without_ray_says_how_to_install_it(tmp_path, monkeypatch
 
 def _train(project: Path, env: dict) -> dict[str, bytes]:
     run(train_command(), project, env)
-    found = {}
-    for output in TRAIN_OUTPUTS:
-        path = project / output
-        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
-            if file.is_file():
-                found[str(file.relative_to(project))] = file.read_bytes()
-    return found
+    return train_outputs(project)
 
 
 @pytest.mark.slow  # three trains

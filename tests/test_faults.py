@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -23,6 +24,17 @@ TRAIN_OUTPUTS = [
     "outputs/ranking.md",
     "outputs/report.md",
 ]
+
+
+def train_outputs(project: Path) -> dict[str, bytes]:
+    """Every file of the train stage's outputs, by its path in the project."""
+    found = {}
+    for output in TRAIN_OUTPUTS:
+        path = project / output
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file():
+                found[str(file.relative_to(project))] = file.read_bytes()
+    return found
 
 
 def train_command(tag: str = "") -> list[str]:

@@ -15,7 +15,14 @@ from mlflow.tracking import MlflowClient
 
 from tests.clusters import Cluster, two_nodes
 from tests.conftest import BIN, copy_project, make_project, run, tiny_document
-from tests.test_faults import TRAIN_OUTPUTS, assert_whole, runs, train_command, wait_until
+from tests.test_faults import (
+    TRAIN_OUTPUTS,
+    assert_whole,
+    runs,
+    train_command,
+    train_outputs,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -36,16 +43,6 @@ def _children(store: str, parent) -> list:
         [parent.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
     )
-
-
-def _outputs(project: Path) -> dict[str, bytes]:
-    found = {}
-    for output in TRAIN_OUTPUTS:
-        path = project / output
-        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
-            if file.is_file():
-                found[str(file.relative_to(project))] = file.read_bytes()
-    return found
 
 
 def _ray_project(root: Path, document: dict, cluster: Cluster) -> tuple[Path, dict, str]:
@@ -69,7 +66,7 @@ def _local_twin(project: Path, env: dict) -> dict[str, bytes]:
         subprocess.run(["rm", "-rf", str(twin / output)], check=True)
     local_env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{twin / 'mlflow.db'}"}
     run(train_command(), twin, local_env)
-    return _outputs(twin)
+    return train_outputs(twin)
 
 
 def test_dvc_exp_run_on_ray_gives_the_local_lock_and_trains_on_both_nodes(
@@ -166,4 +163,4 @@ def _kill_a_worker_node_mid_sweep(cluster: Cluster, tmp_path: Path) -> None:
     names = [child.info.run_name for child in _children(store, parent)]
     assert sorted(names) == sorted(document["schedulers"])
     # The retried units computed what the local engine computes.
-    assert _outputs(project) == _local_twin(project, env)
+    assert train_outputs(project) == _local_twin(project, env)
