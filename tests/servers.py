@@ -64,6 +64,20 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+@contextlib.contextmanager
+def _serving(command: list[str], env: dict, url: str, log: Path) -> Iterator[subprocess.Popen]:
+    """A server process, logging to ``log``, once ``url``/health answers; stopped afterwards."""
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        wait_for_http(f"{url}/health", process, log)
+        yield process
+    finally:
+        stop(process)
+
+
 @dataclass
 class Server:
     url: str
@@ -83,16 +97,9 @@ def mlflow_server(backend_uri: str, folder: Path, port: int | None = None) -> It
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    with open(log, "ab") as output:
-        process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", process, log)
+    with _serving(command, env, url, log) as process:
         yield Server(url, process, log)
-    finally:
-        stop(process)
 
 
 def _postgres_bin() -> Path | None:
@@ -176,13 +183,6 @@ def mlflow_auth_server(
         "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(secret),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
     }
-    with open(log, "ab") as output:
-        process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", process, log)
+    with _serving(command, env, url, log) as process:
         yield AuthServer(url, process, log, ("admin", admin_password))
-    finally:
-        stop(process)
