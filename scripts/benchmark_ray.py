@@ -5,8 +5,8 @@
 Two measurements, each a whole `lrsched train` process (start-up included) in a fresh copy of
 the project with a fresh SQLite store:
 
-- the sweep: params.yaml with ``train.seeds`` = N (11 schedules x N seeds), local engine (one
-  batch in this process) against the Ray engine (a shard per CPU of the cluster);
+- the sweeps: params.yaml with ``train.seeds`` = N (11 schedules x N seeds), local engine (one
+  batch in this process) against the Ray engine (``execution.shards: auto``);
 - the fixed overhead: params.yaml as it is (11 runs), local against Ray, the cluster up.
 
 Without ``--address`` it starts its own cluster: two one-CPU nodes on this machine, in a
@@ -37,6 +37,7 @@ from scripts.benchmark import fresh_project, train_summary  # noqa: E402
 from tests.test_faults import train_command, train_outputs  # noqa: E402
 
 BIN = Path(sys.executable).parent
+STORE_BYTES = 2_000_000_000
 
 
 @contextlib.contextmanager
@@ -50,7 +51,9 @@ def cluster_at(address: str | None) -> Iterator[tuple[str, list[str], dict]]:
         return
     from tests.clusters import two_nodes
 
-    with two_nodes() as cluster:
+    # Stores of Ray's usual size (it defaults to 30% of the memory): a sweep's results fit
+    # without spilling to disk, as on a real cluster.
+    with two_nodes(object_store_bytes=STORE_BYTES) as cluster:
         yield cluster.address, cluster.inside([]), cluster.env
 
 
@@ -79,7 +82,9 @@ def one_train(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=600, help="seeds of the sweep")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[600, 1800], help="seeds of each sweep"
+    )
     parser.add_argument("--repeat", type=int, default=2, help="runs of each measurement")
     parser.add_argument("--address", help="a running cluster's HOST:PORT (default: start one)")
     arguments = parser.parse_args()
@@ -87,7 +92,8 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     rows = []
     with cluster_at(arguments.address) as (address, prefix, env):
-        for label, seeds in (("sweep", arguments.seeds), ("defaults", 1)):
+        sizes = [("sweep", seeds) for seeds in arguments.seeds] + [("defaults", 1)]
+        for label, seeds in sizes:
             times: dict[str, list[float]] = {"local": [], "ray": []}
             for _ in range(arguments.repeat):
                 local, local_summary, local_outputs = one_train(seeds, "local", address, [], env)

@@ -42,6 +42,7 @@ class Cluster:
     holder: subprocess.Popen
     temp_dir: Path
     env: dict[str, str]
+    object_store_bytes: int = 100_000_000  # per node; Ray's default is 30% of the memory
 
     @property
     def address(self) -> str:
@@ -66,7 +67,7 @@ class Cluster:
             [
                 str(BIN / "ray"), "start", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                 "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
-                "--object-store-memory=100000000", *flags,
+                f"--object-store-memory={self.object_store_bytes}", *flags,
             ]
         )  # fmt: skip
         assert started.returncode == 0, started.stdout + started.stderr
@@ -126,9 +127,12 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def two_nodes(worker_niceness: int | None = None) -> Iterator[Cluster]:
+def two_nodes(
+    worker_niceness: int | None = None, object_store_bytes: int = 100_000_000
+) -> Iterator[Cluster]:
     """A head and a worker, one CPU each, in a fresh namespace; all of it gone afterwards.
-    ``worker_niceness``: the nice value of the Ray workers (Ray's default: 15)."""
+    ``worker_niceness``: the nice value of the Ray workers (Ray's default: 15);
+    ``object_store_bytes``: each node's object store (small by default: the tests' results are)."""
     available()
     holder = subprocess.Popen(
         ["unshare", "--net", "--", "sh", "-c", "ip link set lo up && exec sleep infinity"],
@@ -144,7 +148,7 @@ def two_nodes(worker_niceness: int | None = None) -> Iterator[Cluster]:
     )
     if worker_niceness is not None:
         env["RAY_worker_niceness"] = str(worker_niceness)
-    cluster = Cluster(holder, temp_dir, env)
+    cluster = Cluster(holder, temp_dir, env, object_store_bytes)
     try:
         deadline = time.monotonic() + 10
         while "UP" not in cluster.run(["ip", "-o", "link", "show", "lo"]).stdout:

@@ -97,6 +97,21 @@ def test_the_cut_deals_every_replicate_once_and_spreads_each_schedule():
     assert all({i // 4 for i in group} == set(range(11)) for group in groups)
 
 
+@pytest.mark.parametrize("cpus", [1, 2, 3, 16])
+@pytest.mark.parametrize("replicates", [1, 11, 2_499, 5_000, 6_600, 26_400, 10**6])
+def test_auto_cuts_a_shard_per_cpu_and_more_only_where_each_stays_large(cpus, replicates):
+    count = execution.cpu_shards(replicates, cpus)
+    # Every CPU gets as many shards (none waits out a last round alone); more than one each
+    # only where every shard keeps MIN_SHARD replicates (a batch's per-step overhead), and
+    # never more than SHARDS_PER_CPU each.
+    assert count % cpus == 0
+    assert cpus <= count <= cpus * execution.SHARDS_PER_CPU
+    if count > cpus:
+        assert replicates // count >= execution.MIN_SHARD
+    if replicates >= count * execution.MIN_SHARD + cpus * execution.MIN_SHARD:
+        assert count == cpus * execution.SHARDS_PER_CPU
+
+
 @pytest.mark.parametrize(
     ("section", "complaint"),
     [
