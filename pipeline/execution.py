@@ -256,11 +256,15 @@ class RayEngine:
     def _warm_workers(self) -> None:
         """Start a worker per CPU (or GPU) now, importing what a unit needs, while the driver
         prepares the stage: the units then start on workers that are ready. Not waited for."""
-        resources = {"num_gpus": 1} if self.device == "cuda" else {"num_cpus": 1}
-        warm = self.ray.remote(_warm).options(**resources)
+        warm = self.ray.remote(_warm).options(**self.unit_resources)
         self.warming = [
             warm.remote() for _ in range(self.gpus if self.device == "cuda" else self.cpus)
         ]
+
+    @property
+    def unit_resources(self) -> dict[str, int]:
+        """What each unit (and each warm-up) asks of the cluster: one GPU, or one CPU."""
+        return {"num_gpus": 1} if self.device == "cuda" else {"num_cpus": 1}
 
     def shard_count(self, setting: int | str, replicates: int) -> int:
         """``auto``: a shard per GPU, or :func:`cpu_shards` on CPUs."""
@@ -328,9 +332,8 @@ class _RayMapper:
         costs: Sequence[float],
     ) -> list[Any]:
         ray = self.engine.ray
-        resources = {"num_gpus": 1} if self.engine.device == "cuda" else {"num_cpus": 1}
         remote = ray.remote(_run_unit).options(
-            max_retries=RETRIES, retry_exceptions=False, **resources
+            max_retries=RETRIES, retry_exceptions=False, **self.engine.unit_resources
         )
         # The costliest first, as the local pool does: the last to finish is a short one.
         order = sorted(range(len(arguments)), key=lambda i: -costs[i])
