@@ -10,8 +10,9 @@ import contextlib
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 from rich.console import Console
@@ -20,7 +21,8 @@ from rich.table import Table
 from pipeline.params import Params, ParamsError, ScheduleCheck, load_params
 from pipeline.tracking import TrackingUnavailable
 
-if TYPE_CHECKING:  # importing the stage imports torch
+if TYPE_CHECKING:  # importing the stage imports torch; the engines, Ray
+    from pipeline.execution import Engine
     from stages.train import TrainSummary
 
 PATH = click.Path(path_type=Path)
@@ -54,6 +56,17 @@ def _tracking_errors():
         yield
     except TrackingUnavailable as error:
         raise click.ClickException(str(error)) from None
+
+
+@contextlib.contextmanager
+def _joined(params_path: Path, stage: Literal["train", "tune"]) -> Iterator[Engine]:
+    """The stage's engine, joined before torch is imported (the schedules' parsing and the
+    stage import it): a cluster's workers start while this process imports torch. An
+    unreachable cluster stops the stage here, before the store is touched."""
+    from pipeline.execution import joined
+
+    with _engine_errors(), joined(_load(params_path, schedules="skip"), stage) as engine:
+        yield engine
 
 
 @contextlib.contextmanager
@@ -147,7 +160,7 @@ def train(params_path: Path, **paths: Any) -> None:
 
     # First, before torch is imported (by the stage, and by parsing the schedules): MLflow
     # imports in its own process meanwhile.
-    with Tracker() as tracker:
+    with Tracker() as tracker, _joined(params_path, "train") as engine:
         from stages import train as stage
 
         params = _load(params_path, schedules="parse")
@@ -157,6 +170,7 @@ def train(params_path: Path, **paths: Any) -> None:
                 params,
                 stage.TrainPaths(params_path, **paths),
                 tracker,
+                engine,
                 on_start=lambda: bar.start(_train_plan(params)),
                 on_step=bar.step,
             )
@@ -177,7 +191,7 @@ def tune(params_path: Path, **paths: Any) -> None:
     """Stage tune: every schedule tuned on the same budget over the workloads, then scored."""
     from pipeline.background import Tracker
 
-    with Tracker() as tracker:
+    with Tracker() as tracker, _joined(params_path, "tune") as engine:
         from stages import tune as stage
 
         params = _load(params_path, schedules="parse")
@@ -192,7 +206,7 @@ def tune(params_path: Path, **paths: Any) -> None:
         bar = _UnitBar("tune", stage.total_updates(params), "trial-updates")
         with _params_errors(), _tracking_errors(), _engine_errors(), bar:
             summary = stage.run(
-                params, stage.TunePaths(params_path, **paths), tracker, progress=bar.advance
+                params, stage.TunePaths(params_path, **paths), tracker, engine, bar.advance
             )
     scores = summary.scores
     best = max(scores["benchmark_score"], key=lambda s: (scores["benchmark_score"][s], s))

@@ -24,16 +24,17 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pipeline import units
-from pipeline.params import ExecutionParams
+from pipeline.params import ExecutionParams, Params
 
 Progress = Callable[[int], None]
 PACKAGE = Path(__file__).resolve().parent
 CONNECT_TIMEOUT_S = 5.0  # an unreachable head is reported within this, before any work
 RETRIES = 3  # each unit, when its worker or node dies (a unit that raises is not retried)
 _WAIT_S = 0.2  # how often the driver wakes while units run: progress, and the store's health
+WARM_WAIT_S = 60.0  # the longest the first units wait for the workers warming for them
 # A batch's steps cost a fixed ~2 ms each on CPU besides ~15 us per replicate (measured:
 # docs/cluster.md#speed): from 8,000 replicates on, that overhead is under 2% of a shard.
 MIN_SHARD = 8000
@@ -69,6 +70,10 @@ class Engine(Protocol):
 
     def shard_count(self, setting: int | str, replicates: int) -> int: ...
 
+    def warm_up(self, units: int, module: str) -> None:
+        """Get ready for ``units`` units that run code from ``module``; returns at once."""
+        ...
+
     def pool(self, workers: int, progress: Progress) -> contextlib.AbstractContextManager[Mapper]:
         """``map`` calls ``function(*arguments, progress)`` for each unit, in parallel."""
         ...
@@ -90,6 +95,9 @@ class LocalEngine:
 
     def shard_count(self, setting: int | str, replicates: int) -> int:
         return 1 if setting == "auto" else int(setting)
+
+    def warm_up(self, units: int, module: str) -> None:
+        pass  # its processes start with the pool, and inherit nothing to import ahead
 
     @contextlib.contextmanager
     def pool(self, workers: int, progress: Progress) -> Iterator[Mapper]:
@@ -134,6 +142,24 @@ def connected(execution: ExecutionParams, device_setting: str) -> Iterator[Engin
     finally:
         if isinstance(engine, RayEngine):
             engine.close()
+
+
+@contextlib.contextmanager
+def joined(params: Params, stage: Literal["train", "tune"]) -> Iterator[Engine]:
+    """:func:`connected` for ``stage``, with a worker warming for each unit it will run at once.
+
+    ``params`` may be read without their schedules (``load_params(..., "skip")``), so that the
+    stage joins before it imports torch: a cluster's workers then start while it does.
+    """
+    with connected(params.execution, params.train.device) as engine:
+        if stage == "train":
+            replicates = len(params.raw["schedulers"]) * len(params.grid) * len(params.seeds)
+            engine.warm_up(
+                engine.shard_count(params.execution.shards, replicates), "pipeline.shards"
+            )
+        else:  # a unit per workload
+            engine.warm_up(len(params.workloads), "pipeline.tuning")
+        yield engine
 
 
 def resolve_address(setting: str) -> str:
@@ -251,15 +277,27 @@ class RayEngine:
             ray.shutdown()
             raise ExecutionError(f"the Ray cluster at {address} has no {self.device.upper()}")
         self.expected = environment()
-        self._warm_workers()
 
-    def _warm_workers(self) -> None:
-        """Start a worker per CPU (or GPU) now, importing what a unit needs, while the driver
-        prepares the stage: the units then start on workers that are ready. Not waited for."""
+    def warm_up(self, units: int, module: str) -> None:
+        """Start a worker for each unit that can run at once (up to a CPU or GPU each), which
+        imports ``module``, while the driver prepares the stage; not waited for here. A
+        worker's start is seconds of CPU (Ray's worker, then torch): no more start than the
+        units will use, and the first units go where they started (:meth:`warm_nodes`)."""
         warm = self.ray.remote(_warm).options(**self.unit_resources)
-        self.warming = [
-            warm.remote() for _ in range(self.gpus if self.device == "cuda" else self.cpus)
-        ]
+        slots = self.gpus if self.device == "cuda" else self.cpus
+        self.warming = [warm.remote(module) for _ in range(min(units, slots))]
+
+    def warm_nodes(self) -> list[str]:
+        """The nodes of the workers :meth:`warm_up` started, once they are ready (a warm-up
+        that failed or is still starting after :data:`WARM_WAIT_S` is left out), each once
+        per worker; empty after the first call."""
+        warming, self.warming = self.warming, []
+        ready, _ = self.ray.wait(warming, num_returns=len(warming), timeout=WARM_WAIT_S)
+        nodes = []
+        for reference in ready:
+            with contextlib.suppress(self.ray.exceptions.RayError):
+                nodes.append(self.ray.get(reference))
+        return nodes
 
     @property
     def unit_resources(self) -> dict[str, int]:
@@ -295,10 +333,12 @@ class RayEngine:
             )
 
 
-def _warm() -> None:
-    """In a new Ray worker: import what the units run (torch, the training code)."""
-    for module in ("pipeline.shards", "pipeline.tuning"):
-        importlib.import_module(module)
+def _warm(module: str) -> str:
+    """In a new Ray worker: import what the units run (torch, the training code); its node."""
+    import ray
+
+    importlib.import_module(module)
+    return str(ray.get_runtime_context().get_node_id())
 
 
 def _run_unit(function: Callable[..., Any], arguments: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -331,13 +371,22 @@ class _RayMapper:
         arguments: Sequence[tuple[Any, ...]],
         costs: Sequence[float],
     ) -> list[Any]:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         ray = self.engine.ray
-        remote = ray.remote(_run_unit).options(
-            max_retries=RETRIES, retry_exceptions=False, **self.engine.unit_resources
-        )
-        # The costliest first, as the local pool does: the last to finish is a short one.
+        unit = ray.remote(_run_unit)
+        retried = {"max_retries": RETRIES, "retry_exceptions": False}
+        # The costliest first, as the local pool does: the last to finish is a short one. Each
+        # of the first goes to a warm worker's node, where that worker is idle: left to Ray, a
+        # unit would take any free CPU and start a new worker there. `soft`: a retried unit
+        # whose node died goes elsewhere.
         order = sorted(range(len(arguments)), key=lambda i: -costs[i])
-        index_of = {remote.remote(function, arguments[i]): i for i in order}
+        warm = [NodeAffinitySchedulingStrategy(n, soft=True) for n in self.engine.warm_nodes()]
+        index_of = {}
+        for k, i in enumerate(order):
+            placed = {"scheduling_strategy": warm[k]} if k < len(warm) else {}
+            options = unit.options(**retried, **self.engine.unit_resources, **placed)
+            index_of[options.remote(function, arguments[i])] = i
         pending, results = list(index_of), [None] * len(arguments)
         placements: list[Placement | None] = [None] * len(arguments)
         try:

@@ -57,6 +57,7 @@ def run(
     params: Params,
     paths: TrainPaths,
     tracker: Tracker,
+    engine: execution.Engine,
     on_start: Callable[[], None] = lambda: None,
     on_step: Callable[[int], None] = lambda step: None,
 ) -> TrainSummary:
@@ -65,15 +66,13 @@ def run(
     ``params``: parsed, not yet tried (``load_params(..., "parse")``): the schedules are tried
     here, while the store opens. ``tracker``: started before torch was imported, so that
     importing MLflow overlaps with importing torch (the CLI starts it first thing).
+    ``engine``: joined before that import too, with its workers warming
+    (:func:`pipeline.execution.joined`); the store is touched only after it answered.
     ``on_start`` is called once every schedule passed its trial, before training; ``on_step``
     after each update.
     """
     uri = tracking.tracking_uri()
-    # The engine first: an unreachable cluster stops the stage before the store is touched.
-    with (
-        execution.connected(params.execution, params.train.device) as engine,
-        failed_run_on_error(tracker, uri),
-    ):
+    with failed_run_on_error(tracker, uri):
         # The store opens (and what a killed train left is reaped) while torch tries each
         # schedule: a rate that blows up stops the stage here, and the store then holds no run.
         # A store that cannot be opened stops training at the next step (`poll`), and no output

@@ -76,14 +76,12 @@ def run(
     params: Params,
     paths: TunePaths,
     tracker: Tracker,
+    engine: execution.Engine,
     progress: Callable[[int], None] = lambda done: None,
 ) -> TuneSummary:
+    """``engine``: joined before torch was imported (:func:`pipeline.execution.joined`)."""
     uri = tracking.tracking_uri()
-    # The engine first: an unreachable cluster stops the stage before the store is touched.
-    with (
-        execution.connected(params.execution, params.train.device) as engine,
-        failed_run_on_error(tracker, uri),
-    ):
+    with failed_run_on_error(tracker, uri):
         opened = tracker.open_store(uri, params.mlflow.experiment, os.getpid())
         started = time.perf_counter()
         make_deterministic()
