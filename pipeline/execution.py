@@ -277,6 +277,7 @@ class RayEngine:
             ray.shutdown()
             raise ExecutionError(f"the Ray cluster at {address} has no {self.device.upper()}")
         self.expected = environment()
+        self.warming: list[Any] = []  # the warm-ups not yet waited for: none until warm_up
 
     def warm_up(self, units: int, module: str) -> None:
         """Start a worker for each unit that can run at once (up to a CPU or GPU each), which
@@ -292,6 +293,8 @@ class RayEngine:
         that failed or is still starting after :data:`WARM_WAIT_S` is left out), each once
         per worker; empty after the first call."""
         warming, self.warming = self.warming, []
+        if not warming:
+            return []
         ready, _ = self.ray.wait(warming, num_returns=len(warming), timeout=WARM_WAIT_S)
         nodes = []
         for reference in ready:
