@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import math
 import multiprocessing
-import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from pipeline import units
 from pipeline.data import Dataset
 from pipeline.model import LogicNet
 
@@ -349,7 +349,7 @@ class Renderer:
 
     def __init__(self, draw: dict[str, Callable[[], Figure]]) -> None:
         self.draw = draw
-        workers = min(len(draw), os.cpu_count() or 1)
+        workers = min(len(draw), units.usable_cpus())
         self.pool = None
         if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
             _DRAW.clear()

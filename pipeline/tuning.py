@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from pipeline import scoring, search
+from pipeline import scoring, search, units
 from pipeline.batched import BatchResult, Replicate, stacked_logits, train_batch
 from pipeline.data import Dataset
 from pipeline.params import Params
@@ -400,7 +399,7 @@ def _worker_count(workers: int | None, device: torch.device, units_count: int) -
     if device.type != "cpu":
         return 1  # one GPU: its kernels already run in parallel
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        workers = units.usable_cpus()
     return max(1, min(workers, units_count))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
 import queue as queues
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,14 @@ from typing import Any
 Progress = Callable[[int], None]
 _REPORT_EVERY_S = 0.2  # how often a worker sends its count: a few messages a second
 _queue: Any = None  # in a worker: where its progress goes
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: fewer than the machine's under ``taskset`` or a
+    container's CPU set, which ``os.cpu_count`` does not see."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _start_worker(progress_queue: Any) -> None:

@@ -21,6 +21,7 @@ from pipeline.model import stacked_weights, weights_bytes
 from pipeline.params import Params, try_schedules
 from pipeline.results import RunResult
 from pipeline.training import make_deterministic
+from pipeline.units import usable_cpus
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,7 @@ def _train(
         )
         for group in groups
     ]
-    with engine.pool(min(len(groups), os.cpu_count() or 1), progress) as pool:
+    with engine.pool(min(len(groups), usable_cpus()), progress) as pool:
         parts = pool.map(shards.train_shard, units, costs=[len(group) for group in groups])
         by_shard = pool.placements
     placements: list[execution.Placement] = [execution.here()] * len(replicates)
