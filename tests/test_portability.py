@@ -111,8 +111,8 @@ def reproduce(root: Path, emulate: list[str], cpus: Cpus) -> dict[str, str]:
 
     A stage that sees one CPU does all its work in its own process. With more, the tuning would
     spawn workers, which start the host's python afresh: qemu-user (without binfmt_misc) does
-    not follow ``exec``, so their training would run unemulated. Fewer processes forked from a
-    threaded guest also keeps clear of qemu-user 7.2's deadlocks in ``fork``. (The stage's
+    not follow ``exec``, so their training would run unemulated; and the emulated process would
+    ``fork`` while its threads run, what qemu-user has deadlocked on before. (The stage's
     MLflow process is spawned too, and runs natively: it writes to the store, not to outputs.)
     """
     env = {**project_env(root), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
