@@ -25,7 +25,7 @@ run: $(VENV)/.path  ## run the whole pipeline on params.yaml
 test: lint  ## lint, then the whole test suite (what CI runs)
 	pytest
 
-check: lint  ## the inner loop, about 80 s: lint, then the fast tests (no pipeline runs)
+check: lint  ## the inner loop, about 2 minutes: lint, then the fast tests (no pipeline runs)
 	pytest -m "not slow"
 
 lint: $(VENV)/.test $(VENV)/.path  ## ruff check, ruff format --check, mypy (pipeline/, stages/), hadolint
