@@ -153,10 +153,8 @@ def joined(params: Params, stage: Literal["train", "tune"]) -> Iterator[Engine]:
     """
     with connected(params.execution, params.train.device) as engine:
         if stage == "train":
-            replicates = len(params.raw["schedulers"]) * len(params.grid) * len(params.seeds)
-            engine.warm_up(
-                engine.shard_count(params.execution.shards, replicates), "pipeline.shards"
-            )
+            shards = engine.shard_count(params.execution.shards, params.replicate_count)
+            engine.warm_up(shards, "pipeline.shards")
         else:  # a unit per workload
             engine.warm_up(len(params.workloads), "pipeline.tuning")
         yield engine

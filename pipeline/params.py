@@ -237,6 +237,12 @@ class Params:
             for spec in self.schedules
         ]
 
+    @property
+    def replicate_count(self) -> int:
+        """How many trainings ``train`` runs: each of :attr:`runs` at each seed. Counted from the
+        ``schedulers`` list, so that params read without their schedules know it too."""
+        return len(self.raw["schedulers"]) * len(self.grid) * len(self.seeds)
+
     def at(self, point: GridPoint) -> Params:
         """These params at one grid point: ``train.lr`` and ``data.noise`` single numbers."""
         from dataclasses import replace

@@ -320,3 +320,19 @@ def test_a_bad_file_stops_every_stage_before_it_writes(tmp_path, monkeypatch):
             in (result.output)
         )
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == before  # no output, no store
+
+
+@pytest.mark.parametrize("grid", [False, True])
+def test_the_replicate_count_is_known_without_parsing_the_schedules(grid):
+    """What the Ray engine warms workers for before torch is imported: every run at every
+    seed, the same whether the schedules were parsed or skipped."""
+    document = tiny_document()
+    if grid:
+        document["train"]["lr"] = [0.01, 0.1, 1.0]
+        document["data"]["noise"] = [0.1, 0.3]
+    parsed = parse_params(copy.deepcopy(document), schedules="parse")
+    skipped = parse_params(copy.deepcopy(document), schedules="skip")
+    assert skipped.schedules == ()  # nothing to count runs from but the list itself
+    expected = len(parsed.runs) * len(parsed.seeds)
+    assert expected == len(document["schedulers"]) * (6 if grid else 1) * parsed.train.seeds
+    assert parsed.replicate_count == skipped.replicate_count == expected
