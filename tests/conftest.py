@@ -80,8 +80,13 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-def run(command: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    completed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+def run(
+    command: list[str], cwd: Path, env: dict | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
+    """``command``, which must succeed; killed after ``timeout`` seconds (then TimeoutExpired)."""
+    completed = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert completed.returncode == 0, f"{command} failed:\n{completed.stdout}\n{completed.stderr}"
     return completed
 
