@@ -171,7 +171,7 @@ def train(params_path: Path, **paths: Any) -> None:
                 stage.TrainPaths(params_path, **paths),
                 tracker,
                 engine,
-                on_start=lambda: bar.start(_train_plan(params)),
+                on_start=lambda: bar.start(_train_plan(params, engine)),
                 on_step=bar.step,
             )
     _echo_train_summary(summary)
@@ -245,24 +245,25 @@ class _UnitBar:
         self.progress.stop()
 
 
-def _train_plan(params: Params) -> str:
+def _train_plan(params: Params, engine: Engine) -> str:
     points = len(params.grid)
     grid = f" x {points} grid points" if points > 1 else ""
     return (
         f"training {len(params.schedules)} schedules{grid} x {params.train.seeds} seed(s) = "
         f"{len(params.runs) * params.train.seeds} runs x {params.train.epochs} steps, "
-        + _where(params)
+        + _where(params, engine)
     )
 
 
-def _where(params: Params) -> str:
+def _where(params: Params, engine: Engine) -> str:
     execution = params.execution
+    count = engine.shard_count(execution.shards, params.replicate_count, params.train.epochs)
     if execution.engine == "ray":
-        shards = "a shard per CPU" if execution.shards == "auto" else f"{execution.shards} shards"
+        shards = "1 shard" if count == 1 else f"{count} shards"
         return f"as Ray tasks ({shards}) on the cluster at {execution.address}"
-    if execution.shards in ("auto", 1):
+    if count == 1:
         return "as one batch"
-    return f"as {execution.shards} batches in parallel processes"
+    return f"as {count} batches in parallel processes"
 
 
 class _StepBar:

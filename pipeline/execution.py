@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import importlib
 import os
@@ -39,6 +40,10 @@ WARM_WAIT_S = 60.0  # the longest the first units wait for the workers warming f
 # docs/cluster.md#speed): from 8,000 replicates on, that overhead is under 2% of a shard.
 MIN_SHARD = 8000
 SHARDS_PER_CPU = 4
+# A shard of fewer replicate-updates than this is not cut further: halving it saves less time
+# than starting the second worker costs (a Ray worker that imports torch: 1.5 to 3 s of CPU;
+# a replicate-update: 7 to 15 us; docs/cluster.md#speed).
+MIN_SPLIT_UPDATES = 500_000
 
 
 class ExecutionError(RuntimeError):
@@ -68,7 +73,7 @@ class Engine(Protocol):
     name: str
     device: str  # the device the units train on: "cpu" or "cuda"
 
-    def shard_count(self, setting: int | str, replicates: int) -> int: ...
+    def shard_count(self, setting: int | str, replicates: int, steps: int) -> int: ...
 
     def warm_up(self, units: int, module: str) -> None:
         """Get ready for ``units`` units that run code from ``module``; returns at once."""
@@ -93,7 +98,7 @@ class LocalEngine:
     def __init__(self, device: str) -> None:
         self.device = device
 
-    def shard_count(self, setting: int | str, replicates: int) -> int:
+    def shard_count(self, setting: int | str, replicates: int, steps: int) -> int:
         return 1 if setting == "auto" else int(setting)
 
     def warm_up(self, units: int, module: str) -> None:
@@ -153,7 +158,9 @@ def joined(params: Params, stage: Literal["train", "tune"]) -> Iterator[Engine]:
     """
     with connected(params.execution, params.train.device) as engine:
         if stage == "train":
-            shards = engine.shard_count(params.execution.shards, params.replicate_count)
+            shards = engine.shard_count(
+                params.execution.shards, params.replicate_count, params.train.epochs
+            )
             engine.warm_up(shards, "pipeline.shards")
         else:  # a unit per workload
             engine.warm_up(len(params.workloads), "pipeline.tuning")
@@ -216,12 +223,17 @@ def environment() -> dict[str, str]:
     }
 
 
-def cpu_shards(replicates: int, cpus: int) -> int:
-    """How many shards ``replicates`` are cut into for ``cpus`` CPUs: as many per CPU, one,
-    or more where the sweep is large (up to :data:`SHARDS_PER_CPU`, none under
-    :data:`MIN_SHARD` replicates), so that a faster or less busy node takes more of them and
-    the sweep does not wait on the slowest."""
-    per_cpu = replicates // (cpus * MIN_SHARD)
+def cpu_shards(replicates: int, cpus: int, steps: int) -> int:
+    """How many shards ``replicates`` of ``steps`` updates each are cut into for ``cpus``
+    CPUs. A small sweep takes fewer shards than CPUs, none under :data:`MIN_SPLIT_UPDATES`
+    (one, at least); a larger one as many per CPU, one, or more where the sweep is large (up
+    to :data:`SHARDS_PER_CPU`, none under :data:`MIN_SHARD` replicates or that many updates),
+    so that a faster or less busy node takes more of them and the sweep does not wait on the
+    slowest."""
+    worth_a_worker = max(1, replicates * steps // MIN_SPLIT_UPDATES)
+    if worth_a_worker < cpus:
+        return min(worth_a_worker, replicates)
+    per_cpu = min(replicates // MIN_SHARD, worth_a_worker) // cpus
     return cpus * max(1, min(SHARDS_PER_CPU, per_cpu))
 
 
@@ -274,7 +286,6 @@ class RayEngine:
         if not (self.gpus if self.device == "cuda" else self.cpus):
             ray.shutdown()
             raise ExecutionError(f"the Ray cluster at {address} has no {self.device.upper()}")
-        self.expected = environment()
         self.warming: list[Any] = []  # the warm-ups not yet waited for: none until warm_up
 
     def warm_up(self, units: int, module: str) -> None:
@@ -305,11 +316,13 @@ class RayEngine:
         """What each unit (and each warm-up) asks of the cluster: one GPU, or one CPU."""
         return {"num_gpus": 1} if self.device == "cuda" else {"num_cpus": 1}
 
-    def shard_count(self, setting: int | str, replicates: int) -> int:
+    def shard_count(self, setting: int | str, replicates: int, steps: int) -> int:
         """``auto``: a shard per GPU, or :func:`cpu_shards` on CPUs."""
         if setting != "auto":
             return int(setting)
-        return self.gpus if self.device == "cuda" else cpu_shards(replicates, self.cpus)
+        if self.device == "cuda":
+            return self.gpus
+        return cpu_shards(replicates, self.cpus, steps)
 
     @contextlib.contextmanager
     def pool(self, workers: int, progress: Progress) -> Iterator[Mapper]:
@@ -320,6 +333,12 @@ class RayEngine:
 
     def close(self) -> None:
         self.ray.shutdown()
+
+    @functools.cached_property
+    def expected(self) -> dict[str, str]:
+        """The driver's :func:`environment`: asked for once the first unit returns, since it
+        imports torch, which the warm-ups must not wait for."""
+        return environment()
 
     def check(self, placement: Placement, found: dict[str, str]) -> None:
         differ = {key: (found.get(key), value) for key, value in self.expected.items()}
@@ -335,10 +354,15 @@ class RayEngine:
 
 
 def _warm(module: str) -> str:
-    """In a new Ray worker: import what the units run (torch, the training code); its node."""
+    """In a new Ray worker: import what the units run (torch, the training code) and set
+    torch up as each unit does (its first deterministic mode imports torch's compiler config:
+    0.7 s); its node."""
     import ray
 
+    from pipeline.training import make_deterministic
+
     importlib.import_module(module)
+    make_deterministic()
     return str(ray.get_runtime_context().get_node_id())
 
 

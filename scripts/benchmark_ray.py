@@ -83,7 +83,11 @@ def one_train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[600, 1800], help="seeds of each sweep"
+        "--seeds",
+        type=int,
+        nargs="*",
+        default=[600, 1800],
+        help="seeds of each sweep (none: only the default params)",
     )
     parser.add_argument("--repeat", type=int, default=2, help="runs of each measurement")
     parser.add_argument("--address", help="a running cluster's HOST:PORT (default: start one)")

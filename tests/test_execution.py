@@ -98,18 +98,29 @@ def test_the_cut_deals_every_replicate_once_and_spreads_each_schedule():
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 3, 16])
-@pytest.mark.parametrize("replicates", [1, 11, 2_499, 5_000, 6_600, 26_400, 10**6])
-def test_auto_cuts_a_shard_per_cpu_and_more_only_where_each_stays_large(cpus, replicates):
-    count = execution.cpu_shards(replicates, cpus)
+@pytest.mark.parametrize("replicates", [1, 11, 440, 2_499, 5_000, 6_600, 26_400, 10**6])
+@pytest.mark.parametrize("steps", [1, 1000, 20_000])
+def test_auto_cuts_a_shard_per_cpu_and_more_only_where_each_stays_large(cpus, replicates, steps):
+    count = execution.cpu_shards(replicates, cpus, steps)
+    updates = replicates * steps
+    assert 1 <= count <= min(replicates, cpus * execution.SHARDS_PER_CPU)
+    if updates < cpus * execution.MIN_SPLIT_UPDATES:
+        # Too small for every CPU: a worker only for each MIN_SPLIT_UPDATES (one, at least).
+        assert count < cpus or cpus == 1
+        assert count == 1 or updates // count >= execution.MIN_SPLIT_UPDATES
+        assert count == min(max(1, updates // execution.MIN_SPLIT_UPDATES), replicates)
+        return
     # Every CPU gets as many shards (none waits out a last round alone); more than one each
-    # only where every shard keeps MIN_SHARD replicates (a batch's per-step overhead), and
-    # never more than SHARDS_PER_CPU each.
+    # only where every shard keeps MIN_SHARD replicates (a batch's per-step overhead) and
+    # MIN_SPLIT_UPDATES, and never more than SHARDS_PER_CPU each.
     assert count % cpus == 0
-    assert cpus <= count <= cpus * execution.SHARDS_PER_CPU
+    assert cpus <= count
     if count > cpus:
         assert replicates // count >= execution.MIN_SHARD
-    if replicates >= count * execution.MIN_SHARD + cpus * execution.MIN_SHARD:
-        assert count == cpus * execution.SHARDS_PER_CPU
+        assert updates // count >= execution.MIN_SPLIT_UPDATES
+    wanted = cpus * execution.SHARDS_PER_CPU
+    if min(replicates // execution.MIN_SHARD, updates // execution.MIN_SPLIT_UPDATES) >= wanted:
+        assert count == wanted
 
 
 @pytest.mark.parametrize(
