@@ -256,8 +256,10 @@ def _train_plan(params: Params, engine: Engine) -> str:
 
 
 def _where(params: Params, engine: Engine) -> str:
+    from pipeline.execution import train_shards
+
     execution = params.execution
-    count = engine.shard_count(execution.shards, params.replicate_count, params.train.epochs)
+    count = train_shards(engine, params)
     if execution.engine == "ray":
         shards = "1 shard" if count == 1 else f"{count} shards"
         return f"as Ray tasks ({shards}) on the cluster at {execution.address}"

@@ -158,13 +158,16 @@ def joined(params: Params, stage: Literal["train", "tune"]) -> Iterator[Engine]:
     """
     with connected(params.execution, params.train.device) as engine:
         if stage == "train":
-            shards = engine.shard_count(
-                params.execution.shards, params.replicate_count, params.train.epochs
-            )
-            engine.warm_up(shards, "pipeline.shards")
+            engine.warm_up(train_shards(engine, params), "pipeline.shards")
         else:  # a unit per workload
             engine.warm_up(len(params.workloads), "pipeline.tuning")
         yield engine
+
+
+def train_shards(engine: Engine, params: Params) -> int:
+    """How many shards ``engine`` cuts train's runs into: what it warms workers for, what the
+    stage announces and what it trains."""
+    return engine.shard_count(params.execution.shards, params.replicate_count, params.train.epochs)
 
 
 def resolve_address(setting: str) -> str:

@@ -204,7 +204,7 @@ def _train(
 ) -> tuple[BatchResult, list[execution.Placement]]:
     """Every replicate trained: in this process as one batch, or cut into shards that the
     engine runs where it can; either way the same numbers, with where each replicate ran."""
-    count = engine.shard_count(params.execution.shards, len(replicates), params.train.epochs)
+    count = execution.train_shards(engine, params)
     if engine.name == "local" and count == 1:
         device = torch.device(engine.device)
         batch = train_batch(replicates, params, train_sets, device, on_step=on_step)
