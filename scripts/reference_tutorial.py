@@ -10,7 +10,7 @@ import mlflow
 import sklearn.datasets
 import torch
 
-from pipeline.model import LogicNet
+from pipeline.problems.model import LogicNet
 
 NAMES = [
     "manual",

@@ -9,12 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import curves, data, figures, files, tracking
-from pipeline.background import RecordError, Tracker
-from pipeline.model import load_model, seed_accuracies
-from pipeline.params import Params
-from pipeline.stats import steps_to
-from pipeline.training import tensors
+from pipeline.config.params import Params
+from pipeline.core import files
+from pipeline.core.stats import steps_to
+from pipeline.problems import data
+from pipeline.problems.model import load_model, seed_accuracies
+from pipeline.reporting import curves, figures
+from pipeline.tracking import store
+from pipeline.tracking.background import RecordError, Tracker
+from pipeline.trainer.runtime import tensors
 
 CPU = torch.device("cpu")
 FIGURES = (
@@ -44,7 +47,7 @@ def run(params: Params, paths: PlotPaths, tracker: Tracker) -> tuple[list[Path],
 
     ``tracker``: started before torch and matplotlib were imported (the CLI does).
     """
-    uri = tracking.tracking_uri()
+    uri = store.tracking_uri()
     # Looked up while the figures are drawn: the train run to attach them to.
     digest = files.sha256_files([paths.metrics])
     found = tracker.find_train_run(uri, params.mlflow.experiment, digest)
@@ -54,7 +57,7 @@ def run(params: Params, paths: PlotPaths, tracker: Tracker) -> tuple[list[Path],
     try:
         tracker.wait()
     except RecordError as error:
-        raise tracking.TrackingUnavailable(
+        raise store.TrackingUnavailable(
             f"cannot use the MLflow store {uri}: {error.message}\n"
             f"No figure was written; {paths.figures_dir} is as it was."
         ) from None
@@ -124,7 +127,7 @@ def _attach(
         try:
             tracker.attach_files(uri, run_id, paths, "figures").get()
         except RecordError as error:
-            raise tracking.TrackingUnavailable(
+            raise store.TrackingUnavailable(
                 f"wrote the figures to {figures_dir}, but cannot attach them to the MLflow "
                 f"store {uri}: {error.message}"
             ) from None

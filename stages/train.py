@@ -14,14 +14,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import curves, data, execution, files, report, shards, stats, tracking
-from pipeline.background import Reply, Tracker, failed_run_on_error
-from pipeline.batched import BatchResult, Replicate, run_results, train_batch
-from pipeline.model import stacked_weights, weights_bytes
-from pipeline.params import Params, try_schedules
-from pipeline.results import RunResult
-from pipeline.training import make_deterministic
-from pipeline.units import usable_cpus
+from pipeline.config.params import Params, try_schedules
+from pipeline.core import files, stats
+from pipeline.engines import execution, shards
+from pipeline.engines.units import usable_cpus
+from pipeline.problems import data
+from pipeline.problems.model import stacked_weights, weights_bytes
+from pipeline.reporting import curves, report
+from pipeline.tracking import store
+from pipeline.tracking.background import Reply, Tracker, failed_run_on_error
+from pipeline.trainer.batched import BatchResult, Replicate, run_results, train_batch
+from pipeline.trainer.results import RunResult
+from pipeline.trainer.runtime import make_deterministic
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class TrainSummary:
     training_seconds: float
     logging_seconds: float
     reaped: tuple[str, ...] = ()
-    registration: tracking.Registration | None = None
+    registration: store.Registration | None = None
 
 
 def run(
@@ -68,11 +72,11 @@ def run(
     here, while the store opens. ``tracker``: started before torch was imported, so that
     importing MLflow overlaps with importing torch (the CLI starts it first thing).
     ``engine``: joined before that import too, with its workers warming
-    (:func:`pipeline.execution.joined`); the store is touched only after it answered.
+    (:func:`pipeline.engines.execution.joined`); the store is touched only after it answered.
     ``on_start`` is called once every schedule passed its trial, before training; ``on_step``
     after each update.
     """
-    uri = tracking.tracking_uri()
+    uri = store.tracking_uri()
     with failed_run_on_error(tracker, uri):
         # The store opens (and what a killed train left is reaped) while torch tries each
         # schedule: a rate that blows up stops the stage here, and the store then holds no run.
@@ -98,11 +102,11 @@ def run(
                 f"{paths.train_data} or {paths.test_data} lacks the sets for (seed, noise) "
                 f"{missing or missing_tests}; re-run generate"
             )
-        git = tracking.git_state()
+        git = store.git_state()
         lineage = {
             **git,
-            **tracking.source_tags("lrsched train"),
-            **tracking.environment_tags(str(device)),
+            **store.source_tags("lrsched train"),
+            **store.environment_tags(str(device)),
             **engine.tags(),
             "params.sha256": params.digest(),
             "data.sha256": files.sha256_files([paths.train_data, paths.test_data]),
@@ -111,7 +115,7 @@ def run(
             _data_file(paths.train_data, train_sets, "training", git["git.commit"]),
             _data_file(paths.test_data, test_sets, "testing", git["git.commit"]),
         )
-        shared = tracking.flatten(_resolved(params))
+        shared = store.flatten(_resolved(params))
         parent = tracker.start_parent("train", shared, lineage, datasets)
 
         def step(index: int) -> None:
@@ -147,7 +151,7 @@ def run(
                 point = {"train": {"lr": result.lr}, "data": {"noise": result.noise}}
                 tracker.log_child(
                     result.name,
-                    {**shared, **tracking.flatten({**point, "scheduler": spec.as_params()})},
+                    {**shared, **store.flatten({**point, "scheduler": spec.as_params()})},
                     {
                         **lineage,
                         "scheduler": spec.name,
@@ -177,7 +181,7 @@ def run(
         files.write_text(paths.report, text)
         # Last: a metrics file on disk means every other output of this run is complete.
         files.write_text(paths.metrics, metrics_json(results, ranked))
-        tracker.tag_parent(tracking.OUTPUTS_TAG, files.sha256_files([paths.metrics]))
+        tracker.tag_parent(store.OUTPUTS_TAG, files.sha256_files([paths.metrics]))
         tracker.finish_parent("FINISHED")
         tracker.wait()
         logging_seconds = time.perf_counter() - logging_started
@@ -252,10 +256,10 @@ def _nodes_by_run(
 
 def _data_file(
     path: Path, sets: Mapping[Any, data.Dataset], context: str, revision: str
-) -> tracking.DataFile:
+) -> store.DataFile:
     columns = dict.fromkeys(data.SET_KEYS + data.HEADER, "double")
     columns.update(seed="long", label="long")
-    return tracking.DataFile(
+    return store.DataFile(
         path=str(path),
         md5=files.md5_file(path),
         rows=sum(len(dataset) for dataset in sets.values()),
@@ -265,10 +269,10 @@ def _data_file(
     )
 
 
-def _model_to_log(result: RunResult, test_set: data.Dataset) -> tracking.ModelToLog:
+def _model_to_log(result: RunResult, test_set: data.Dataset) -> store.ModelToLog:
     """The run's first seed's model, with the first test points as its example."""
     weights = {name: tensor.cpu().numpy() for name, tensor in result.state_dicts[0].items()}
-    return tracking.ModelToLog(weights, test_set.features[:5])
+    return store.ModelToLog(weights, test_set.features[:5])
 
 
 def _register_best(
@@ -276,7 +280,7 @@ def _register_best(
     params: Params,
     rankings: dict[float, list[stats.Ranked]],
     lineage: Mapping[str, str],
-) -> Reply[tracking.Registration] | None:
+) -> Reply[store.Registration] | None:
     """Register the model of the ranking's first at the first noise level (with seeds: its
     first seed's model), scored by its mean final loss."""
     if params.mlflow.registered_model is None:

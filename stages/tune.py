@@ -18,10 +18,15 @@ from typing import Any
 
 import torch
 
-from pipeline import execution, files, tracking, tuning, tuning_figures, tuning_report, workloads
-from pipeline.background import Tracker, failed_run_on_error
-from pipeline.params import Params
-from pipeline.training import make_deterministic
+from pipeline.comparison import tuning
+from pipeline.comparison.plan import ComparisonParams
+from pipeline.core import files
+from pipeline.engines import execution
+from pipeline.problems import workloads
+from pipeline.reporting import tuning_figures, tuning_report
+from pipeline.tracking import store
+from pipeline.tracking.background import Tracker, failed_run_on_error
+from pipeline.trainer.runtime import make_deterministic
 
 TRIAL_COLUMNS = (
     "workload",
@@ -57,10 +62,9 @@ class TuneSummary:
     training_seconds: float
 
 
-def total_updates(params: Params) -> int:
+def total_updates(params: ComparisonParams) -> int:
     """Trial-updates the protocol trains: for a progress bar sized before it starts."""
     plan = params.search
-    assert plan is not None
     target = params.tuning.target
     compared = plan.trials * plan.studies * (len(plan.spaces) - 1)
     reference = target.trials * plan.studies
@@ -73,14 +77,14 @@ def total_updates(params: Params) -> int:
 
 
 def run(
-    params: Params,
+    params: ComparisonParams,
     paths: TunePaths,
     tracker: Tracker,
     engine: execution.Engine,
     progress: Callable[[int], None] = lambda done: None,
 ) -> TuneSummary:
-    """``engine``: joined before torch was imported (:func:`pipeline.execution.joined`)."""
-    uri = tracking.tracking_uri()
+    """``engine``: joined before torch was imported (:func:`pipeline.engines.execution.joined`)."""
+    uri = store.tracking_uri()
     with failed_run_on_error(tracker, uri):
         opened = tracker.open_store(uri, params.mlflow.experiment, os.getpid())
         started = time.perf_counter()
@@ -90,17 +94,17 @@ def run(
         missing = [w.name for w in params.workloads if w.name not in data]
         if missing:
             raise ValueError(f"{paths.data} lacks the workloads {missing}; re-run generate")
-        git = tracking.git_state()
+        git = store.git_state()
         lineage = {
             **git,
-            **tracking.source_tags("lrsched tune"),
-            **tracking.environment_tags(str(device)),
+            **store.source_tags("lrsched tune"),
+            **store.environment_tags(str(device)),
             **engine.tags(),
-            tracking.PARENT_KIND_TAG: "tune",
+            store.PARENT_KIND_TAG: "tune",
             "params.sha256": params.digest("seed", "train", "workloads", "search", "tuning"),
             "data.sha256": files.sha256_files([paths.data]),
         }
-        dataset = tracking.DataFile(
+        dataset = store.DataFile(
             path=str(paths.data),
             md5=files.md5_file(paths.data),
             rows=sum(len(d) for splits in data.values() for _, d in splits.items()),
@@ -114,7 +118,7 @@ def run(
             context="tuning",
             revision=git["git.commit"],
         )
-        shared = tracking.flatten(
+        shared = store.flatten(
             {key: params.raw[key] for key in ("seed", "search", "tuning") if key in params.raw}
         )
         parent = tracker.start_parent("tune", shared, lineage, (dataset,))
@@ -148,7 +152,7 @@ def run(
                 tracker.wait()  # the trial tables are logged from the scratch folder
             Path(paths.metrics).unlink(missing_ok=True)
         files.write_text(paths.metrics, _json(metrics(scores, result)))
-        tracker.tag_parent(tracking.OUTPUTS_TAG, files.sha256_files([paths.metrics]))
+        tracker.tag_parent(store.OUTPUTS_TAG, files.sha256_files([paths.metrics]))
         tracker.finish_parent("FINISHED")
         tracker.wait()
         result.seconds["MLflow (what training did not hide)"] = (
@@ -238,11 +242,10 @@ def reruns_csv(result: tuning.TuningResult) -> str:
     return buffer.getvalue()
 
 
-def chosen_json(params: Params, result: tuning.TuningResult) -> dict[str, Any]:
+def chosen_json(params: ComparisonParams, result: tuning.TuningResult) -> dict[str, Any]:
     """Per workload and schedule, the chosen setting as a ``schedulers:`` entry and its peak
     rate (``train.lr``), with the trial it came from."""
     plan = params.search
-    assert plan is not None
     chosen: dict[str, Any] = {}
     for workload in result.workloads:
         chosen[workload.name] = {}
@@ -278,17 +281,16 @@ def metrics(scores: dict[str, Any], result: tuning.TuningResult) -> dict[str, An
 
 def _log_children(
     tracker: Tracker,
-    params: Params,
+    params: ComparisonParams,
     result: tuning.TuningResult,
     scores: dict[str, Any],
     lineage: Mapping[str, str],
-    dataset: tracking.DataFile,
+    dataset: store.DataFile,
     out: Path,
 ) -> None:
     """A child run per schedule and workload: its space, its trial table, its choice, its
     scores. Not one run per trial: thousands of runs would bury the ones that matter."""
     plan = params.search
-    assert plan is not None
     tables = out
     chosen = chosen_json(params, result)
     lines = trials_csv(result).splitlines()[1:]  # once: 66 children share the one table
@@ -305,9 +307,9 @@ def _log_children(
                 **{f"space.{k}": repr(v) for k, v in space.dims.items()},
                 **{f"space.{k}": str(v) for k, v in space.fixed.items()},
                 "workload": workload.name,
-                **tracking.flatten(workload.model_dump(), "workload."),
+                **store.flatten(workload.model_dump(), "workload."),
                 "chosen.lr": repr(setting["lr"]),
-                **tracking.flatten(setting["scheduler"], "chosen.scheduler."),
+                **store.flatten(setting["scheduler"], "chosen.scheduler."),
             }
             test = scores["test"][workload.name][name]
             final = {
@@ -333,7 +335,7 @@ def _log_children(
                 space_params,
                 {
                     **lineage,
-                    tracking.PARENT_KIND_TAG: "tuning",
+                    store.PARENT_KIND_TAG: "tuning",
                     "scheduler": name,
                     "workload": workload.name,
                     "held_out": str(workload.held_out).lower(),

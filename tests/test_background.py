@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.background import Refused, Reply, StoreLost, StoreUnavailable, Tracker
-from pipeline.tracking import FAILURE_TAG, PID_TAG
+from pipeline.tracking.background import Refused, Reply, StoreLost, StoreUnavailable, Tracker
+from pipeline.tracking.store import FAILURE_TAG, PID_TAG
 
 SERIES = {"lr": np.geomspace(0.1, 0.001, 50), "loss": np.linspace(1.0, 0.1, 50)}
 
@@ -93,7 +93,7 @@ def test_a_store_that_cannot_open_says_so(tmp_path: Path):
 
 STAGE_THAT_DIES = """
 import os, signal, sys
-from pipeline.background import Tracker
+from pipeline.tracking.background import Tracker
 if __name__ == "__main__":  # the spawned process imports this file again
     tracker = Tracker()
     tracker.open_store(sys.argv[1], "background", os.getpid())
@@ -143,7 +143,7 @@ def test_batches_keep_mlflow_limits_and_lose_nothing():
         MAX_PARAMS_TAGS_PER_BATCH,
     )
 
-    from pipeline.records import _batches
+    from pipeline.tracking.records import _batches
 
     params = [Param(f"p{i}", str(i)) for i in range(130)]
     metrics = [Metric("loss", float(i), 0, i) for i in range(2500)]

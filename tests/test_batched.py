@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import data, minibatch
-from pipeline.batched import Replicate, train_batch
-from pipeline.params import parse_params
-from pipeline.reference import train_reference
-from pipeline.training import make_deterministic
+from pipeline.config.params import parse_params
+from pipeline.problems import data
+from pipeline.trainer import minibatch
+from pipeline.trainer.batched import Replicate, train_batch
+from pipeline.trainer.runtime import make_deterministic
 from tests.conftest import tiny_document
+from tests.reference import train_reference
 
 SEEDS = (42, 7, 1234)
 

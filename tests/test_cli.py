@@ -15,8 +15,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.schedules import torch_types
+from pipeline.cli.main import cli
+from pipeline.schedules.specs import torch_types
 from tests.conftest import ROOT, tiny_document
 from tests.servers import stop
 

@@ -16,9 +16,11 @@ import pytest
 import torch
 import yaml
 
-from pipeline import data, execution, shards
-from pipeline.batched import replicate_finals, train_batch
-from pipeline.params import ExecutionParams, ParamsError, parse_params
+from pipeline.config.params import ExecutionParams, parse_params
+from pipeline.core.validation import ParamsError
+from pipeline.engines import execution, shards
+from pipeline.problems import data
+from pipeline.trainer.batched import replicate_finals, train_batch
 from stages import generate
 from tests.conftest import BIN, ROOT, make_project, project_env, run, tiny_document
 from tests.servers import free_port
@@ -191,7 +193,8 @@ def test_a_closed_port_is_named_within_seconds():
 def test_import_pipeline_and_help_never_import_ray(tmp_path):
     env = _no_ray_env(tmp_path, project_env(tmp_path))
     script = (
-        "import sys, pipeline, pipeline.execution, pipeline.shards, pipeline.cli, stages.train,"
+        "import sys, pipeline, pipeline.engines.execution, pipeline.engines.shards,"
+        " pipeline.cli.main, pipeline.cli.train, pipeline.cli.tune, stages.train,"
         " stages.tune; assert 'ray' not in sys.modules"
     )
     run([sys.executable, "-c", script], ROOT, env)
@@ -204,8 +207,8 @@ def test_the_ray_engine_without_ray_says_how_to_install_it(tmp_path, monkeypatch
         listening.listen()
         address = f"127.0.0.1:{listening.getsockname()[1]}"
         script = (
-            "from pipeline import execution\n"
-            "from pipeline.params import ExecutionParams\n"
+            "from pipeline.engines import execution\n"
+            "from pipeline.config.params import ExecutionParams\n"
             f"execution.connect(ExecutionParams(engine='ray', address={address!r}), 'cpu')\n"
         )
         env = _no_ray_env(tmp_path, project_env(tmp_path))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipeline.expressions import ExpressionError, parse
+from pipeline.schedules.expressions import ExpressionError, parse
 
 EPOCHS = 100
 

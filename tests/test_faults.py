@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.records import store_lock
+from pipeline.tracking.records import store_lock
 from tests.conftest import BIN, make_project, project_env, run, tiny_document
 from tests.servers import free_port, mlflow_server, stop
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import files
+from pipeline.core import files
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):

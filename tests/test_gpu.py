@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import data
-from pipeline.batched import Replicate, train_batch
-from pipeline.params import parse_params
-from pipeline.training import make_deterministic, select_device
+from pipeline.config.params import parse_params
+from pipeline.problems import data
+from pipeline.trainer.batched import Replicate, train_batch
+from pipeline.trainer.runtime import make_deterministic, select_device
 from tests.conftest import tiny_document
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")

@@ -19,7 +19,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline import data
+from pipeline.problems import data
 from tests.conftest import BIN, project_env, run, tiny_document
 from tests.servers import free_port, stop, wait_for_http
 

@@ -10,8 +10,9 @@ import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import cli
-from pipeline.params import ParamsError, load_params, parse_params
+from pipeline.cli.main import cli
+from pipeline.config.params import load_params, parse_params
+from pipeline.core.validation import ParamsError
 from tests.conftest import tiny_document
 
 

@@ -11,8 +11,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline import curves, files
-from pipeline.tracking import OUTPUTS_TAG
+from pipeline.core import files
+from pipeline.reporting import curves
+from pipeline.tracking.store import OUTPUTS_TAG
 from tests.conftest import GIT, make_project, project_env, run
 
 pytestmark = pytest.mark.slow

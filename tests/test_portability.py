@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline import portable
+from pipeline.core import portable
 from tests.conftest import project_env, run, tiny_document
 from tests.servers import require
 

@@ -7,10 +7,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import rate_tables, search
-from pipeline.params import load_params
-from pipeline.rate_tables import closed_form
-from pipeline.schedules import ScheduleSpec, parse_spec, trace
+from pipeline.comparison import search
+from pipeline.config.params import load_params
+from pipeline.schedules import rate_tables
+from pipeline.schedules.rate_tables import closed_form
+from pipeline.schedules.specs import ScheduleSpec, parse_spec, trace
 from tests.conftest import ROOT
 
 POINTS = 32  # drawn per space; every one is compared at budgets 37 and 1000

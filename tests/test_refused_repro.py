@@ -92,7 +92,7 @@ def test_an_unopenable_store_under_dvc_repro_keeps_every_output(reproduced, tmp_
     (root / "params.yaml").write_text(params)
 
     # tune opens the store before it trains
-    tuning_report = root / "pipeline/tuning_report.py"
+    tuning_report = root / "pipeline/reporting/tuning_report.py"
     original = tuning_report.read_text()
     tuning_report.write_text(original + "\n# an edit: tune re-runs first\n")
     output = refused_repro(root, env)

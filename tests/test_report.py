@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 
-from pipeline import report
-from pipeline.params import parse_params
-from pipeline.results import RunResult
+from pipeline.config.params import parse_params
+from pipeline.reporting import report
+from pipeline.trainer.results import RunResult
 
 EPOCHS, SEEDS = 100, 8
 
@@ -110,6 +110,9 @@ def test_differences_too_small_for_the_seeds_are_inconclusive():
 
 def test_the_readers_of_results_do_not_import_the_trainer():
     """curves.py and report.py read ``RunResult``s: importing them costs no torch."""
-    code = "import sys, pipeline.curves, pipeline.report; print('torch' in sys.modules)"
+    code = (
+        "import sys, pipeline.reporting.curves, pipeline.reporting.report;"
+        " print('torch' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import data
-from pipeline.params import parse_params
-from pipeline.reference import train_reference
-from pipeline.schedules import preview
-from pipeline.training import make_deterministic
+from pipeline.config.params import parse_params
+from pipeline.problems import data
+from pipeline.schedules.specs import preview
+from pipeline.trainer.runtime import make_deterministic
+from tests.reference import train_reference
 
 LR = 0.01
 
@@ -97,7 +97,7 @@ def test_preview_equals_what_training_recorded(trained):
 
 
 def test_every_torch_scheduler_type_is_usable_by_name():
-    from pipeline.schedules import parse_spec, torch_types, try_spec
+    from pipeline.schedules.specs import parse_spec, torch_types, try_spec
 
     minimal = {
         "LambdaLR": {"lr_lambda": "1 / (1 + step)"},

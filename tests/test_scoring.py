@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from pipeline.scoring import (
+from pipeline.comparison.scoring import (
     at_edge,
     benchmark_score,
     confidence_interval,

@@ -16,10 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import search
-from pipeline.params import parse_params
-from pipeline.schedules import preview
-from pipeline.search import (
+from pipeline.comparison import search
+from pipeline.comparison.search import (
     DEFAULT_SPACES,
     BalanceWarning,
     Choice,
@@ -33,6 +31,8 @@ from pipeline.search import (
     parse_search,
     points,
 )
+from pipeline.config.params import parse_params
+from pipeline.schedules.specs import preview
 from tests.conftest import ROOT, tiny_document
 
 BUDGETS = (200, 1000)
@@ -78,7 +78,7 @@ def test_draws_are_pinned():
 def test_draws_do_not_depend_on_python_hash_nor_import_torch():
     """Two interpreters with different str hashes draw the same points, without torch."""
     script = (
-        "import sys; from pipeline import search; "
+        "import sys; from pipeline.comparison import search; "
         "u = search.draw(search.DEFAULT_SPACES['OneCycleLR'], 8, 2, 3); "
         "print(u.tobytes().hex(), 'torch' in sys.modules)"
     )

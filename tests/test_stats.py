@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from pipeline.stats import mean_interval, steps_to
+from pipeline.core.stats import mean_interval, steps_to
 
 
 def test_interval_equals_scipy_t_interval():
@@ -34,7 +34,7 @@ def test_steps_to_target():
 
 
 def test_ranking_tests_each_schedule_against_the_best_paired_by_seed():
-    from pipeline.stats import markdown, rank
+    from pipeline.core.stats import markdown, rank
 
     rng = np.random.default_rng(1)
     base = rng.uniform(0.1, 0.2, size=12)
@@ -59,7 +59,7 @@ def test_ranking_tests_each_schedule_against_the_best_paired_by_seed():
 
 
 def test_one_seed_ranks_but_tests_nothing():
-    from pipeline.stats import rank
+    from pipeline.core.stats import rank
 
     rows = rank(
         {"a": np.array([0.2]), "b": np.array([0.1])},

@@ -1,4 +1,4 @@
-"""The fair comparison (pipeline/tuning.py, stage tune): real training at a toy scale."""
+"""The fair comparison (pipeline/comparison/tuning.py, stage tune): real training at a toy scale."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import tuning, workloads
-from pipeline.params import ParamsError, parse_params
-from pipeline.reference import train_reference
-from pipeline.schedules import parse_spec
+from pipeline.comparison import tuning
+from pipeline.comparison.plan import parse_comparison
+from pipeline.core.validation import ParamsError
+from pipeline.problems import workloads
+from pipeline.schedules.specs import parse_spec
 from tests.conftest import run, tiny_document
+from tests.reference import train_reference
 
 CPU = torch.device("cpu")
 
@@ -28,7 +30,7 @@ def full_document() -> dict:
 
 @pytest.fixture(scope="module")
 def params():
-    return parse_params(full_document())
+    return parse_comparison(full_document())
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +66,14 @@ def test_the_draws_repeat_from_the_seed(params):
     assert first == tuning.draw_trials(params, workload)
     document = full_document()
     document["search"]["seed"] = 1
-    other = tuning.draw_trials(parse_params(document), workload)
+    other = tuning.draw_trials(parse_comparison(document), workload)
     assert [t.lr for t in first] != [t.lr for t in other]
     # The reference's compared trials are the first of its larger draw.
     reference = params.tuning.target.reference
     ours = [t.lr for t in first if t.schedule == reference and t.budget == tuning.SCORED]
     document = full_document()
     document["tuning"]["target"]["trials"] = params.search.trials
-    alone = tuning.draw_trials(parse_params(document), workload)
+    alone = tuning.draw_trials(parse_comparison(document), workload)
     assert ours == [t.lr for t in alone if t.schedule == reference]
 
 
@@ -189,7 +191,7 @@ def test_the_edge_flag_fires_where_the_range_cuts_off_the_best_rate():
     document["tuning"]["edge"] = 0.25  # 4 Sobol' points: one always lies in the top quarter
     document["tuning"]["target"]["trials"] = 4
     document["workloads"] = document["workloads"][:1]
-    edgy = parse_params(document)
+    edgy = parse_comparison(document)
     result = tuning.run_protocol(edgy, workloads.generate_all(edgy.workloads, edgy.seed), CPU)
     choice = result.chosen["tutorial"]["constant"]
     assert choice.at_edge
@@ -220,7 +222,7 @@ def test_bad_tuning_params_name_the_key(change, message):
     document = copy.deepcopy(tiny_document())
     change(document)
     with pytest.raises(ParamsError, match=message):
-        parse_params(document)
+        parse_comparison(document)
 
 
 @pytest.mark.slow
@@ -228,7 +230,7 @@ def test_the_stage_writes_scores_for_dvc_and_mlflow(reproduced):
     """`dvc repro` ran tune: its outputs, `dvc metrics show`, the report, the MLflow runs."""
     root, env = reproduced["root"], reproduced["env"]
     out = root / "outputs" / "tuning"
-    params = parse_params(tiny_document())
+    params = parse_comparison(tiny_document())
     with open(out / "trials.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     plan = params.search

@@ -1,8 +1,9 @@
 """The tune stage's figures, from a synthetic score dict: no tuning runs here.
 
-The stand-in has what :func:`pipeline.tuning_figures.write_all` reads: ``scores`` shaped as
-:func:`pipeline.tuning.score` returns it (with infinite times and NaN best times, as a schedule
-that never reaches its target gives), and a result with ``chosen_rates``, ``targets`` and
+The stand-in has what :func:`pipeline.reporting.tuning_figures.write_all` reads: ``scores``
+shaped as :func:`pipeline.comparison.tuning.score` returns it (with infinite times and NaN best
+times, as a schedule that never reaches its target gives), and a result with ``chosen_rates``,
+``targets`` and
 ``workloads``.
 """
 
@@ -18,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import tuning_figures
-from pipeline.workloads import TUTORIAL
+from pipeline.problems.workloads import TUTORIAL
+from pipeline.reporting import tuning_figures
 
 SCHEDULES = [
     "constant", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "OneCycleLR",

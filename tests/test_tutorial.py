@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import data
-from pipeline.model import LogicNet
-from pipeline.params import parse_params
-from pipeline.reference import train_reference
-from pipeline.training import make_deterministic
+from pipeline.config.params import parse_params
+from pipeline.problems import data
+from pipeline.problems.model import LogicNet
+from pipeline.trainer.runtime import make_deterministic
+from tests.reference import train_reference
 
 pytestmark = pytest.mark.slow  # the tutorial's 1000 updates, six times over
 EPOCHS = 1000  # the tutorial's own numbers, whole

@@ -15,8 +15,8 @@ from tests.servers import require
 
 COUNT = """
 from matplotlib.figure import Figure
-from pipeline.figures import Renderer
-from pipeline.units import usable_cpus
+from pipeline.reporting.figures import Renderer
+from pipeline.engines.units import usable_cpus
 with Renderer({"a": Figure, "b": Figure}) as renderer:
     pngs = renderer.results()
 print(usable_cpus(), "forked" if renderer.pool else "in-process", len(set(pngs.values())))

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import workloads as module
-from pipeline.data import Dataset
-from pipeline.params import ParamsError, _Loader
-from pipeline.workloads import (
+from pipeline.config.params import _Loader
+from pipeline.core.validation import ParamsError
+from pipeline.problems import workloads as module
+from pipeline.problems.data import Dataset
+from pipeline.problems.workloads import (
     DEFAULT_WORKLOADS,
     SPLITS,
     Splits,
