@@ -28,11 +28,12 @@ test: lint  ## lint, then the whole test suite (what CI runs)
 check: lint  ## the inner loop, about 2 minutes: lint, then the fast tests (no pipeline runs)
 	pytest -m "not slow"
 
-lint: $(VENV)/.test $(VENV)/.path  ## ruff check, ruff format --check, mypy (pipeline/, stages/), hadolint
+lint: $(VENV)/.test $(VENV)/.path  ## ruff check, ruff format --check, mypy (pipeline/, stages/), hadolint, function length
 	ruff check .
 	ruff format --check .
 	mypy
 	hadolint docker/*Dockerfile
+	python scripts/check_function_length.py
 
 format: $(VENV)/.test $(VENV)/.path
 	ruff format .

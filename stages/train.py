@@ -58,6 +58,32 @@ class TrainSummary:
     registration: store.Registration | None = None
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What the stage trains on: the sets it read, and every replicate they serve."""
+
+    train_sets: dict[tuple[int, float], data.Dataset]
+    test_sets: dict[float, data.Dataset]
+    replicates: list[Replicate]
+
+
+@dataclass(frozen=True)
+class _Lineage:
+    """What every MLflow run of this train carries: resolved params, tags and data inputs."""
+
+    shared: dict[str, Any]
+    tags: dict[str, str]
+    datasets: tuple[store.DataFile, store.DataFile]
+
+
+@dataclass(frozen=True)
+class _Trained:
+    results: list[RunResult]
+    rankings: dict[float, list[stats.Ranked]]
+    ranked: dict[str, stats.Ranked]
+    nodes: dict[str, str]
+
+
 def run(
     params: Params,
     paths: TrainPaths,
@@ -88,105 +114,22 @@ def run(
         started = time.perf_counter()
         make_deterministic()
         device = torch.device(engine.device)
-        train_sets = data.read_sets(paths.train_data)
-        test_sets = data.read_test_sets(paths.test_data)
-        replicates = [
-            Replicate(run.spec, seed, run.point.lr, run.point.noise)
-            for run in params.runs
-            for seed in params.seeds
-        ]
-        missing = sorted({r.data_key for r in replicates} - set(train_sets))
-        missing_tests = sorted({r.noise for r in replicates} - set(test_sets))
-        if missing or missing_tests:
-            raise ValueError(
-                f"{paths.train_data} or {paths.test_data} lacks the sets for (seed, noise) "
-                f"{missing or missing_tests}; re-run generate"
-            )
-        git = store.git_state()
-        lineage = {
-            **git,
-            **store.source_tags("lrsched train"),
-            **store.environment_tags(str(device)),
-            **engine.tags(),
-            "params.sha256": params.digest(),
-            "data.sha256": files.sha256_files([paths.train_data, paths.test_data]),
-        }
-        datasets = (
-            _data_file(paths.train_data, train_sets, "training", git["git.commit"]),
-            _data_file(paths.test_data, test_sets, "testing", git["git.commit"]),
-        )
-        shared = store.flatten(_resolved(params))
-        parent = tracker.start_parent("train", shared, lineage, datasets)
+        inputs = _read_inputs(params, paths)
+        lineage = _lineage(params, paths, inputs, engine)
+        parent = tracker.start_parent("train", lineage.shared, lineage.tags, lineage.datasets)
 
         def step(index: int) -> None:
             on_step(index)
             tracker.poll()
 
         training_started = time.perf_counter()
-        batch, placements = _train(engine, replicates, params, train_sets, test_sets, step)
-        tracker.tag_parent("execution.nodes", execution.node_list(placements))
-        results = run_results(batch, params, train_sets, test_sets)
-        nodes = _nodes_by_run(batch.replicates, placements, params)
-        rankings = _rank_by_noise(results, params)
-        ranked = {row.name: row for ranking in rankings.values() for row in ranking}
+        trained = _train_and_rank(engine, inputs, params, tracker, step)
         training_seconds = time.perf_counter() - training_started
-
         logging_started = time.perf_counter()
-        tracker.wait()  # the store is open and the parent run started before any file is written
-        with (
-            files.staged_directory(paths.curves_dir) as curves_tmp,
-            files.staged_directory(paths.models_dir) as models_tmp,
-        ):
-            for result in results:
-                spec = params.schedule(result.schedule)
-                curve_path = curves.write(result, curves_tmp)
-                weights_path = models_tmp / f"{result.name}.pt"
-                weights = stacked_weights(list(result.seeds), list(result.state_dicts))
-                files.write_bytes(weights_path, weights_bytes(weights))
-                artifacts = {"weights": weights_path, "curves": curve_path}
-                if len(result.seeds) > 1:
-                    seeds_path = curves_tmp / f"{result.name}.seeds.npy"
-                    files.write_bytes(seeds_path, _per_seed_bytes(result))
-                    artifacts["seeds"] = seeds_path
-                point = {"train": {"lr": result.lr}, "data": {"noise": result.noise}}
-                tracker.log_child(
-                    result.name,
-                    {**shared, **store.flatten({**point, "scheduler": spec.as_params()})},
-                    {
-                        **lineage,
-                        "scheduler": spec.name,
-                        "scheduler.type": spec.type,
-                        "execution.nodes": nodes[result.name],
-                    },
-                    curves.series(result),
-                    {**result.final, **_ranking_metrics(ranked[result.name])},
-                    artifacts,
-                    datasets,
-                    _model_to_log(result, test_sets[result.noise]),
-                )
-            registration = _register_best(tracker, params, rankings, lineage)
-            table = _ranking_markdown(rankings, params)
-            claims = report.check_claims(results, params)
-            tuned = None if paths.tuned_claims is None else paths.tuned_claims.read_text()
-            text = report.markdown(claims, table, params, paths.figures_link, tuned)
-            tracker.attach_text(table, "ranking.md")
-            tracker.attach_text(text, "report.md")
-            # The artifacts are logged from the staging folders: wait before they move.
-            tracker.wait()
-            # Nothing refused the run: the outputs are replaced from here on. DVC keeps the old
-            # ones until now (`persist`), so first take away the file that says they are whole.
-            Path(paths.metrics).unlink(missing_ok=True)
-        files.write_text(paths.steps, curves.long_table(results))
-        files.write_text(paths.ranking, table)
-        files.write_text(paths.report, text)
-        # Last: a metrics file on disk means every other output of this run is complete.
-        files.write_text(paths.metrics, metrics_json(results, ranked))
-        tracker.tag_parent(store.OUTPUTS_TAG, files.sha256_files([paths.metrics]))
-        tracker.finish_parent("FINISHED")
-        tracker.wait()
+        registration = _write_and_record(params, paths, tracker, inputs, lineage, trained)
         logging_seconds = time.perf_counter() - logging_started
         return TrainSummary(
-            tuple(results),
+            tuple(trained.results),
             parent.get(),
             uri,
             str(device),
@@ -196,6 +139,141 @@ def run(
             opened.get(),
             registration.get() if registration else None,
         )
+
+
+def _read_inputs(params: Params, paths: TrainPaths) -> _Inputs:
+    """The sets, and a replicate per run and seed; a set that is missing is an error."""
+    train_sets = data.read_sets(paths.train_data)
+    test_sets = data.read_test_sets(paths.test_data)
+    replicates = [
+        Replicate(run.spec, seed, run.point.lr, run.point.noise)
+        for run in params.runs
+        for seed in params.seeds
+    ]
+    missing = sorted({r.data_key for r in replicates} - set(train_sets))
+    missing_tests = sorted({r.noise for r in replicates} - set(test_sets))
+    if missing or missing_tests:
+        raise ValueError(
+            f"{paths.train_data} or {paths.test_data} lacks the sets for (seed, noise) "
+            f"{missing or missing_tests}; re-run generate"
+        )
+    return _Inputs(train_sets, test_sets, replicates)
+
+
+def _lineage(
+    params: Params, paths: TrainPaths, inputs: _Inputs, engine: execution.Engine
+) -> _Lineage:
+    git = store.git_state()
+    tags = {
+        **git,
+        **store.source_tags("lrsched train"),
+        **store.environment_tags(str(torch.device(engine.device))),
+        **engine.tags(),
+        "params.sha256": params.digest(),
+        "data.sha256": files.sha256_files([paths.train_data, paths.test_data]),
+    }
+    datasets = (
+        _data_file(paths.train_data, inputs.train_sets, "training", git["git.commit"]),
+        _data_file(paths.test_data, inputs.test_sets, "testing", git["git.commit"]),
+    )
+    return _Lineage(store.flatten(_resolved(params)), tags, datasets)
+
+
+def _train_and_rank(
+    engine: execution.Engine,
+    inputs: _Inputs,
+    params: Params,
+    tracker: Tracker,
+    on_step: Callable[[int], None],
+) -> _Trained:
+    batch, placements = _train(
+        engine, inputs.replicates, params, inputs.train_sets, inputs.test_sets, on_step
+    )
+    tracker.tag_parent("execution.nodes", execution.node_list(placements))
+    results = run_results(batch, params, inputs.train_sets, inputs.test_sets)
+    nodes = _nodes_by_run(batch.replicates, placements, params)
+    rankings = _rank_by_noise(results, params)
+    ranked = {row.name: row for ranking in rankings.values() for row in ranking}
+    return _Trained(results, rankings, ranked, nodes)
+
+
+def _write_and_record(
+    params: Params,
+    paths: TrainPaths,
+    tracker: Tracker,
+    inputs: _Inputs,
+    lineage: _Lineage,
+    trained: _Trained,
+) -> Reply[store.Registration] | None:
+    """Every output written and every run recorded; the metrics file, which says the outputs
+    are whole, last. Returns the champion's registration, when there is one."""
+    tracker.wait()  # the store is open and the parent run started before any file is written
+    with (
+        files.staged_directory(paths.curves_dir) as curves_tmp,
+        files.staged_directory(paths.models_dir) as models_tmp,
+    ):
+        for result in trained.results:
+            _record_run(params, tracker, result, inputs, lineage, trained, curves_tmp, models_tmp)
+        registration = _register_best(tracker, params, trained.rankings, lineage.tags)
+        table = _ranking_markdown(trained.rankings, params)
+        claims = report.check_claims(trained.results, params)
+        tuned = None if paths.tuned_claims is None else paths.tuned_claims.read_text()
+        text = report.markdown(claims, table, params, paths.figures_link, tuned)
+        tracker.attach_text(table, "ranking.md")
+        tracker.attach_text(text, "report.md")
+        # The artifacts are logged from the staging folders: wait before they move.
+        tracker.wait()
+        # Nothing refused the run: the outputs are replaced from here on. DVC keeps the old
+        # ones until now (`persist`), so first take away the file that says they are whole.
+        Path(paths.metrics).unlink(missing_ok=True)
+    files.write_text(paths.steps, curves.long_table(trained.results))
+    files.write_text(paths.ranking, table)
+    files.write_text(paths.report, text)
+    # Last: a metrics file on disk means every other output of this run is complete.
+    files.write_text(paths.metrics, metrics_json(trained.results, trained.ranked))
+    tracker.tag_parent(store.OUTPUTS_TAG, files.sha256_files([paths.metrics]))
+    tracker.finish_parent("FINISHED")
+    tracker.wait()
+    return registration
+
+
+def _record_run(
+    params: Params,
+    tracker: Tracker,
+    result: RunResult,
+    inputs: _Inputs,
+    lineage: _Lineage,
+    trained: _Trained,
+    curves_tmp: Path,
+    models_tmp: Path,
+) -> None:
+    """One run's curves and weights staged, and its child run logged with them."""
+    spec = params.schedule(result.schedule)
+    curve_path = curves.write(result, curves_tmp)
+    weights_path = models_tmp / f"{result.name}.pt"
+    weights = stacked_weights(list(result.seeds), list(result.state_dicts))
+    files.write_bytes(weights_path, weights_bytes(weights))
+    artifacts = {"weights": weights_path, "curves": curve_path}
+    if len(result.seeds) > 1:
+        seeds_path = curves_tmp / f"{result.name}.seeds.npy"
+        files.write_bytes(seeds_path, _per_seed_bytes(result))
+        artifacts["seeds"] = seeds_path
+    point = {"train": {"lr": result.lr}, "data": {"noise": result.noise}}
+    tracker.log_child(
+        result.name,
+        {**lineage.shared, **store.flatten({**point, "scheduler": spec.as_params()})},
+        {
+            **lineage.tags,
+            "scheduler": spec.name,
+            "scheduler.type": spec.type,
+            "execution.nodes": trained.nodes[result.name],
+        },
+        curves.series(result),
+        {**result.final, **_ranking_metrics(trained.ranked[result.name])},
+        artifacts,
+        lineage.datasets,
+        _model_to_log(result, inputs.test_sets[result.noise]),
+    )
 
 
 def _train(

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pipeline.comparison import tuning
+from pipeline.comparison import search, tuning
 from pipeline.comparison.plan import ComparisonParams
 from pipeline.core import files
 from pipeline.engines import execution
@@ -94,30 +94,7 @@ def run(
         missing = [w.name for w in params.workloads if w.name not in data]
         if missing:
             raise ValueError(f"{paths.data} lacks the workloads {missing}; re-run generate")
-        git = store.git_state()
-        lineage = {
-            **git,
-            **store.source_tags("lrsched tune"),
-            **store.environment_tags(str(device)),
-            **engine.tags(),
-            store.PARENT_KIND_TAG: "tune",
-            "params.sha256": params.digest("seed", "train", "workloads", "search", "tuning"),
-            "data.sha256": files.sha256_files([paths.data]),
-        }
-        dataset = store.DataFile(
-            path=str(paths.data),
-            md5=files.md5_file(paths.data),
-            rows=sum(len(d) for splits in data.values() for _, d in splits.items()),
-            columns=(
-                ("workload", "string"),
-                ("split", "string"),
-                ("x1", "double"),
-                ("x2", "double"),
-                ("label", "long"),
-            ),
-            context="tuning",
-            revision=git["git.commit"],
-        )
+        lineage, dataset = _lineage(params, paths, data, engine)
         shared = store.flatten(
             {key: params.raw[key] for key in ("seed", "search", "tuning") if key in params.raw}
         )
@@ -131,33 +108,7 @@ def run(
         everywhere = [p for placed in result.placements.values() for p in placed]
         tracker.tag_parent("execution.nodes", execution.node_list(everywhere))
         training_seconds = time.perf_counter() - training_started
-        outputs_started = time.perf_counter()
-        scores = tuning.score(params, result)
-        report_text = tuning_report.markdown(params, result, scores)
-        claims_text = tuning_report.claims_markdown(params, result, scores)
-
-        with files.staged_directory(paths.out_dir) as out:
-            files.write_text(out / "trials.csv", trials_csv(result))
-            files.write_text(out / "reruns.csv", reruns_csv(result))
-            files.write_text(out / "targets.json", _json(result.targets))
-            files.write_text(out / "chosen.json", _json(chosen_json(params, result)))
-            files.write_text(out / "report.md", report_text)
-            files.write_text(out / "claims.md", claims_text)
-            tuning_figures.write_all(params, result, scores, out / "figures")
-            result.seconds["scores, report and figures"] = time.perf_counter() - outputs_started
-            logging_started = time.perf_counter()
-            with tempfile.TemporaryDirectory(prefix="lrsched-tune-") as scratch:
-                _log_children(tracker, params, result, scores, lineage, dataset, Path(scratch))
-                tracker.attach_text(report_text, "report.md")
-                tracker.wait()  # the trial tables are logged from the scratch folder
-            Path(paths.metrics).unlink(missing_ok=True)
-        files.write_text(paths.metrics, _json(metrics(scores, result)))
-        tracker.tag_parent(store.OUTPUTS_TAG, files.sha256_files([paths.metrics]))
-        tracker.finish_parent("FINISHED")
-        tracker.wait()
-        result.seconds["MLflow (what training did not hide)"] = (
-            time.perf_counter() - logging_started
-        )
+        scores = _write_and_record(params, paths, tracker, result, lineage, dataset)
         return TuneSummary(
             result,
             scores,
@@ -166,6 +117,77 @@ def run(
             time.perf_counter() - started,
             training_seconds,
         )
+
+
+def _lineage(
+    params: ComparisonParams,
+    paths: TunePaths,
+    data: Mapping[str, workloads.Splits],
+    engine: execution.Engine,
+) -> tuple[dict[str, str], store.DataFile]:
+    """The tags every run of this tune carries, and the workloads' file as a data input."""
+    git = store.git_state()
+    lineage = {
+        **git,
+        **store.source_tags("lrsched tune"),
+        **store.environment_tags(str(torch.device(engine.device))),
+        **engine.tags(),
+        store.PARENT_KIND_TAG: "tune",
+        "params.sha256": params.digest("seed", "train", "workloads", "search", "tuning"),
+        "data.sha256": files.sha256_files([paths.data]),
+    }
+    dataset = store.DataFile(
+        path=str(paths.data),
+        md5=files.md5_file(paths.data),
+        rows=sum(len(d) for splits in data.values() for _, d in splits.items()),
+        columns=(
+            ("workload", "string"),
+            ("split", "string"),
+            ("x1", "double"),
+            ("x2", "double"),
+            ("label", "long"),
+        ),
+        context="tuning",
+        revision=git["git.commit"],
+    )
+    return lineage, dataset
+
+
+def _write_and_record(
+    params: ComparisonParams,
+    paths: TunePaths,
+    tracker: Tracker,
+    result: tuning.TuningResult,
+    lineage: Mapping[str, str],
+    dataset: store.DataFile,
+) -> dict[str, Any]:
+    """Scores, report, claims and figures written, every child run recorded; the metrics file,
+    which says the outputs are whole, last. Returns the scores."""
+    outputs_started = time.perf_counter()
+    scores = tuning.score(params, result)
+    report_text = tuning_report.markdown(params, result, scores)
+    claims_text = tuning_report.claims_markdown(params, result, scores)
+    with files.staged_directory(paths.out_dir) as out:
+        files.write_text(out / "trials.csv", trials_csv(result))
+        files.write_text(out / "reruns.csv", reruns_csv(result))
+        files.write_text(out / "targets.json", _json(result.targets))
+        files.write_text(out / "chosen.json", _json(chosen_json(params, result)))
+        files.write_text(out / "report.md", report_text)
+        files.write_text(out / "claims.md", claims_text)
+        tuning_figures.write_all(params, result, scores, out / "figures")
+        result.seconds["scores, report and figures"] = time.perf_counter() - outputs_started
+        logging_started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="lrsched-tune-") as scratch:
+            _log_children(tracker, params, result, scores, lineage, dataset, Path(scratch))
+            tracker.attach_text(report_text, "report.md")
+            tracker.wait()  # the trial tables are logged from the scratch folder
+        Path(paths.metrics).unlink(missing_ok=True)
+    files.write_text(paths.metrics, _json(metrics(scores, result)))
+    tracker.tag_parent(store.OUTPUTS_TAG, files.sha256_files([paths.metrics]))
+    tracker.finish_parent("FINISHED")
+    tracker.wait()
+    result.seconds["MLflow (what training did not hide)"] = time.perf_counter() - logging_started
+    return scores
 
 
 def _polling(progress: Callable[[int], None], tracker: Tracker) -> Callable[[int], None]:
@@ -301,35 +323,8 @@ def _log_children(
             rows = [line for line in lines if line.startswith(f"{workload.name},{name},")]
             files.write_text(table, "\n".join([",".join(TRIAL_COLUMNS), *rows]) + "\n")
             setting = chosen[workload.name][name]
-            space_params = {
-                "space.type": space.type,
-                "space.form": space.form_name,
-                **{f"space.{k}": repr(v) for k, v in space.dims.items()},
-                **{f"space.{k}": str(v) for k, v in space.fixed.items()},
-                "workload": workload.name,
-                **store.flatten(workload.model_dump(), "workload."),
-                "chosen.lr": repr(setting["lr"]),
-                **store.flatten(setting["scheduler"], "chosen.scheduler."),
-            }
-            test = scores["test"][workload.name][name]
-            final = {
-                f"test.{key}": value
-                for key, value in test.items()
-                if isinstance(value, float) and math.isfinite(value)
-            }
-            if not workload.held_out:
-                ratio = scores["validation_ratios"][name][workload.name]
-                if math.isfinite(ratio):
-                    final["validation.ratio_to_best"] = ratio
-                if math.isfinite(setting["median_validation_time"] or math.inf):
-                    final["validation.median_time"] = setting["median_validation_time"]
-                series = {
-                    "budget.expected_best_loss": scores["budget"][workload.name][name]["best_loss"]
-                }
-            else:
-                series = {}
-            final["target"] = result.targets[workload.name]["target"]
-            final["test_target"] = result.targets[workload.name]["test_target"]
+            space_params = _space_params(space, workload, setting)
+            series, final = _child_metrics(scores, result, workload, name, setting)
             tracker.log_child(
                 run_name,
                 space_params,
@@ -347,3 +342,47 @@ def _log_children(
                 {"trials": table},
                 (dataset,),
             )
+
+
+def _space_params(
+    space: search.SearchSpace, workload: workloads.Workload, setting: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A child run's params: its search space, its workload and the setting it chose."""
+    return {
+        "space.type": space.type,
+        "space.form": space.form_name,
+        **{f"space.{k}": repr(v) for k, v in space.dims.items()},
+        **{f"space.{k}": str(v) for k, v in space.fixed.items()},
+        "workload": workload.name,
+        **store.flatten(workload.model_dump(), "workload."),
+        "chosen.lr": repr(setting["lr"]),
+        **store.flatten(setting["scheduler"], "chosen.scheduler."),
+    }
+
+
+def _child_metrics(
+    scores: dict[str, Any],
+    result: tuning.TuningResult,
+    workload: workloads.Workload,
+    name: str,
+    setting: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """A child run's series (the expected best loss per budget) and its final metrics: the
+    finite ones only, as MLflow stores no infinity."""
+    test = scores["test"][workload.name][name]
+    final = {
+        f"test.{key}": value
+        for key, value in test.items()
+        if isinstance(value, float) and math.isfinite(value)
+    }
+    series = {}
+    if not workload.held_out:
+        ratio = scores["validation_ratios"][name][workload.name]
+        if math.isfinite(ratio):
+            final["validation.ratio_to_best"] = ratio
+        if math.isfinite(setting["median_validation_time"] or math.inf):
+            final["validation.median_time"] = setting["median_validation_time"]
+        series = {"budget.expected_best_loss": scores["budget"][workload.name][name]["best_loss"]}
+    final["target"] = result.targets[workload.name]["target"]
+    final["test_target"] = result.targets[workload.name]["test_target"]
+    return series, final

@@ -62,7 +62,14 @@ def preview(
     params = load(params_path)
     epochs = steps or params.train.epochs
     try:
-        curves = previews.curves(params, names, epochs)
+        curves = previews.curves(
+            params.schedules,
+            names,
+            epochs,
+            [point.lr for point in params.grid],
+            params.train.optimizer,
+            params.train.momentum,
+        )
     except previews.UnknownSchedules as error:
         raise click.ClickException(
             f"no schedule named {', '.join(error.unknown)} in {params_path}; "

@@ -345,43 +345,14 @@ def run_protocol(
             costs=[_cost(params, w) for w in workloads],
         )
         placements = {w.name: [p] for w, p in zip(workloads, pool.placements, strict=True)}
-        trials: list[Trial] = []
-        times, best, final = [], [], []
-        targets: dict[str, dict[str, Any]] = {}
-        for workload, (drawn, curves, target) in zip(workloads, tuned_units, strict=True):
-            targets[workload.name] = target
-            trials += drawn
-            times.append(curves.times(target["target"]))
-            best.append(_lowest(curves.losses))
-            final.append(curves.losses[:, -1])
-        result = TuningResult(
-            workloads=tuple(workloads),
-            trials=trials,
-            times=np.concatenate(times),
-            best_losses=np.concatenate(best),
-            final_losses=np.concatenate(final),
-            targets=targets,
-            chosen={},
-            held_out_choice={},
-            reruns=[],
-            rerun_seeds=seeds,
-        )
+        result = _gathered(workloads, tuned_units, seeds)
         result.trial_counts = {name: len(result.rows(name, tuned[0].name)) for name in plan.spaces}
         _select(params, result, tuned)
         result.seconds["trials and targets"] = time.perf_counter() - started
         started = time.perf_counter()
         reran = pool.map(
             rerun_workload,
-            [
-                (
-                    params,
-                    w,
-                    data[w.name],
-                    chosen_for(result, w),
-                    str(device),
-                )
-                for w in workloads
-            ],
+            [(params, w, data[w.name], chosen_for(result, w), str(device)) for w in workloads],
             costs=[w.epochs * len(plan.spaces) for w in workloads],
         )
         for workload, placement in zip(workloads, pool.placements, strict=True):
@@ -393,6 +364,35 @@ def run_protocol(
     result.seconds["re-runs"] = time.perf_counter() - started
     result.placements = placements
     return result
+
+
+def _gathered(
+    workloads: Sequence[Workload],
+    tuned_units: Sequence[tuple[list[Trial], Curves, dict[str, Any]]],
+    seeds: tuple[int, ...],
+) -> TuningResult:
+    """Every workload's trials and target in one result, in workload order; nothing chosen."""
+    trials: list[Trial] = []
+    times, best, final = [], [], []
+    targets: dict[str, dict[str, Any]] = {}
+    for workload, (drawn, curves, target) in zip(workloads, tuned_units, strict=True):
+        targets[workload.name] = target
+        trials += drawn
+        times.append(curves.times(target["target"]))
+        best.append(_lowest(curves.losses))
+        final.append(curves.losses[:, -1])
+    return TuningResult(
+        workloads=tuple(workloads),
+        trials=trials,
+        times=np.concatenate(times),
+        best_losses=np.concatenate(best),
+        final_losses=np.concatenate(final),
+        targets=targets,
+        chosen={},
+        held_out_choice={},
+        reruns=[],
+        rerun_seeds=seeds,
+    )
 
 
 def _worker_count(workers: int | None, device: torch.device, units_count: int) -> int:
@@ -562,24 +562,19 @@ def median_interval(
     return float(np.median(values)), float(low), float(high)
 
 
-def score(params: ComparisonParams, result: TuningResult) -> dict[str, Any]:
-    """Every number the report, the figures, MLflow and ``dvc metrics`` show."""
-    plan, tuning = params.search, params.tuning
-    schedules = list(plan.spaces)
-    tuned = [w.name for w in result.workloads if not w.held_out]
-    held_out = [w.name for w in result.workloads if w.held_out]
-    taus = np.linspace(1.0, tuning.r_max, 100)
-
-    validation_times = {s: {w: result.chosen[w][s].median_time for w in tuned} for s in schedules}
-    validation_ratios = scoring.ratios(validation_times)
-    rng = np.random.default_rng(plan.seed)
+def _test_scores(
+    result: TuningResult, schedules: Sequence[str], rng: np.random.Generator, bootstrap: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per workload and schedule: the re-runs' median time to the test target with its
+    bootstrap interval, the share that reached it, and test loss and accuracy with their 95%
+    half-widths. ``rng`` is drawn from in workload, then schedule order."""
     test: dict[str, dict[str, dict[str, float]]] = {}
     for w in result.workloads:
         test[w.name] = {}
         for s in schedules:
             runs = [r for r in result.reruns if r.workload == w.name and r.schedule == s]
             times = np.array([r.time for r in runs])
-            median, low, high = median_interval(times, rng, tuning.bootstrap)
+            median, low, high = median_interval(times, rng, bootstrap)
             loss, loss_half = scoring.confidence_interval([r.final_loss for r in runs])
             accuracy, accuracy_half = scoring.confidence_interval([r.accuracy for r in runs])
             test[w.name][s] = {
@@ -592,14 +587,13 @@ def score(params: ComparisonParams, result: TuningResult) -> dict[str, Any]:
                 "test_accuracy": accuracy,
                 "test_accuracy_half": accuracy_half,
             }
-    test_times = {s: {w: test[w][s]["median_time"] for w in tuned} for s in schedules}
-    test_ratios = scoring.ratios(test_times)
-    held_ratios = (
-        scoring.ratios({s: {w: test[w][s]["median_time"] for w in held_out} for s in schedules})
-        if held_out
-        else {s: {} for s in schedules}
-    )
-    ks = list(range(1, plan.trials * plan.studies + 1))
+    return test
+
+
+def _budget_curves(
+    result: TuningResult, tuned: Sequence[str], schedules: Sequence[str], ks: list[int]
+) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Per tuned workload and schedule: the expected best time and loss after k trials."""
     budget: dict[str, dict[str, dict[str, list[float]]]] = {}
     for name in tuned:
         budget[name] = {}
@@ -612,6 +606,30 @@ def score(params: ComparisonParams, result: TuningResult) -> dict[str, Any]:
                 "best_time": best_time.tolist(),
                 "best_loss": best_loss.tolist(),
             }
+    return budget
+
+
+def score(params: ComparisonParams, result: TuningResult) -> dict[str, Any]:
+    """Every number the report, the figures, MLflow and ``dvc metrics`` show."""
+    plan, tuning = params.search, params.tuning
+    schedules = list(plan.spaces)
+    tuned = [w.name for w in result.workloads if not w.held_out]
+    held_out = [w.name for w in result.workloads if w.held_out]
+    taus = np.linspace(1.0, tuning.r_max, 100)
+
+    validation_times = {s: {w: result.chosen[w][s].median_time for w in tuned} for s in schedules}
+    validation_ratios = scoring.ratios(validation_times)
+    rng = np.random.default_rng(plan.seed)
+    test = _test_scores(result, schedules, rng, tuning.bootstrap)
+    test_times = {s: {w: test[w][s]["median_time"] for w in tuned} for s in schedules}
+    test_ratios = scoring.ratios(test_times)
+    held_ratios = (
+        scoring.ratios({s: {w: test[w][s]["median_time"] for w in held_out} for s in schedules})
+        if held_out
+        else {s: {} for s in schedules}
+    )
+    ks = list(range(1, plan.trials * plan.studies + 1))
+    budget = _budget_curves(result, tuned, schedules, ks)
     return {
         "schedules": schedules,
         "tuned": tuned,

@@ -12,6 +12,7 @@ direction only and says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,7 +87,11 @@ def _verdict(parts: list[Comparison]) -> str:
     return "inconclusive"
 
 
+Measure = Callable[[RunResult], np.ndarray]
+
+
 def check_claims(results: list[RunResult], params: Params) -> list[Claim]:
+    """The tutorial's three claims, each against the runs at the first noise level."""
     analysis, epochs = params.analysis, params.train.epochs
 
     def speed(result: RunResult) -> np.ndarray:
@@ -110,86 +115,102 @@ def check_claims(results: list[RunResult], params: Params) -> list[Claim]:
         return chosen
 
     constants = sorted(runs("constant"), key=lambda r: r.lr)
-    claims = []
-
-    text = "A large rate is fast but imprecise; a small one is precise but slow."
-    if len(constants) < 2:
-        claims.append(
-            Claim(
-                text,
-                "not tested",
-                (
-                    "needs the constant schedule at two or more rates: a grid over train.lr, "
-                    "e.g. `dvc exp run -S 'train.lr=[0.05,0.01,0.002]'`",
-                ),
-            )
-        )
-    else:
-        small, large = constants[0], constants[-1]
-        parts = [
-            compare(
-                f"updates to loss <= {analysis.target_loss:g}", large, small, speed, analysis.alpha
-            ),
-            compare("final training loss", small, large, precision, analysis.alpha),
-        ]
-        claims.append(Claim(text, _verdict(parts), tuple(p.sentence() for p in parts)))
-
-    text = "Decaying the rate gets both: the speed of a large rate and a small rate's precision."
     baseline = constants[-1] if constants else None
     decays = [r for r in runs(decay=True) if baseline is None or r.lr == baseline.lr]
-    if baseline is None or not decays:
-        claims.append(Claim(text, "not tested", ("needs a constant and a decaying schedule",)))
-    else:
-        evidence, holding, tested = [], [], True
-        for decay in decays:
-            faster = compare("updates to target", decay, baseline, speed, analysis.alpha)
-            finer = compare("final training loss", decay, baseline, precision, analysis.alpha)
-            tested = tested and faster.p_value is not None
-            # "Both": more precise than the constant rate, and not slower.
-            if finer.outcome.startswith(SUPPORTS) and not faster.outcome.startswith(CONTRADICTS):
-                holding.append(decay.name)
-            evidence.append(f"{decay.name}: {finer.sentence()}; {faster.sentence()}")
-        untested = "" if tested else " (direction only: one seed)"
-        if holding:
-            verdict = (
-                f"held for {len(holding)} of {len(decays)} decaying schedules "
-                f"({', '.join(holding)}){untested}"
-            )
-        else:
-            verdict = f"did not hold for any of {len(decays)} decaying schedules{untested}"
-        summary = (
-            f"against {baseline.name} at lr {baseline.lr:g}: a schedule gets both when it ends "
-            "with a lower final loss and is not slower to the target"
-        )
-        claims.append(Claim(text, verdict, (summary, *evidence)))
-
-    text = "Growing the batch size has an effect similar to decaying the rate."
     batches = [r for r in runs("batch_size") if baseline is None or r.lr == baseline.lr]
-    if baseline is None or not batches or not decays:
-        claims.append(
-            Claim(text, "not tested", ("needs a batch_size, a constant and a decaying schedule",))
+    return [
+        _large_versus_small(constants, speed, precision, analysis.target_loss, analysis.alpha),
+        _decay_gets_both(baseline, decays, speed, precision, analysis.alpha),
+        _growing_batch(baseline, decays, batches, precision, analysis.alpha),
+    ]
+
+
+def _large_versus_small(
+    constants: list[RunResult], speed: Measure, precision: Measure, target: float, alpha: float
+) -> Claim:
+    text = "A large rate is fast but imprecise; a small one is precise but slow."
+    if len(constants) < 2:
+        return Claim(
+            text,
+            "not tested",
+            (
+                "needs the constant schedule at two or more rates: a grid over train.lr, "
+                "e.g. `dvc exp run -S 'train.lr=[0.05,0.01,0.002]'`",
+            ),
+        )
+    small, large = constants[0], constants[-1]
+    parts = [
+        compare(f"updates to loss <= {target:g}", large, small, speed, alpha),
+        compare("final training loss", small, large, precision, alpha),
+    ]
+    return Claim(text, _verdict(parts), tuple(p.sentence() for p in parts))
+
+
+def _decay_gets_both(
+    baseline: RunResult | None,
+    decays: list[RunResult],
+    speed: Measure,
+    precision: Measure,
+    alpha: float,
+) -> Claim:
+    text = "Decaying the rate gets both: the speed of a large rate and a small rate's precision."
+    if baseline is None or not decays:
+        return Claim(text, "not tested", ("needs a constant and a decaying schedule",))
+    evidence, holding, tested = [], [], True
+    for decay in decays:
+        faster = compare("updates to target", decay, baseline, speed, alpha)
+        finer = compare("final training loss", decay, baseline, precision, alpha)
+        tested = tested and faster.p_value is not None
+        # "Both": more precise than the constant rate, and not slower.
+        if finer.outcome.startswith(SUPPORTS) and not faster.outcome.startswith(CONTRADICTS):
+            holding.append(decay.name)
+        evidence.append(f"{decay.name}: {finer.sentence()}; {faster.sentence()}")
+    untested = "" if tested else " (direction only: one seed)"
+    if holding:
+        verdict = (
+            f"held for {len(holding)} of {len(decays)} decaying schedules "
+            f"({', '.join(holding)}){untested}"
         )
     else:
-        decay_effect = float(
-            np.mean([precision(d).mean() - precision(baseline).mean() for d in decays])
+        verdict = f"did not hold for any of {len(decays)} decaying schedules{untested}"
+    summary = (
+        f"against {baseline.name} at lr {baseline.lr:g}: a schedule gets both when it ends "
+        "with a lower final loss and is not slower to the target"
+    )
+    return Claim(text, verdict, (summary, *evidence))
+
+
+def _growing_batch(
+    baseline: RunResult | None,
+    decays: list[RunResult],
+    batches: list[RunResult],
+    precision: Measure,
+    alpha: float,
+) -> Claim:
+    text = "Growing the batch size has an effect similar to decaying the rate."
+    if baseline is None or not batches or not decays:
+        return Claim(
+            text, "not tested", ("needs a batch_size, a constant and a decaying schedule",)
         )
-        effect = "lowered" if decay_effect < 0 else "raised"
-        evidence = [
-            f"decaying the rate {effect} the final training loss against {baseline.name} by "
-            f"{abs(decay_effect):.4g} on average over {len(decays)} decaying schedules; "
-            "growing the batch is similar if it moves the loss the same way"
-        ]
-        verdicts = []
-        for batch in batches:
-            if decay_effect < 0:
-                part = compare("final training loss", batch, baseline, precision, analysis.alpha)
-            else:
-                part = compare("final training loss", baseline, batch, precision, analysis.alpha)
-            verdicts.append(_verdict([part]))
-            evidence.append(f"{batch.name}: {part.sentence()}")
-        verdict = verdicts[0] if len(set(verdicts)) == 1 else "inconclusive"
-        claims.append(Claim(text, verdict, tuple(evidence)))
-    return claims
+    decay_effect = float(
+        np.mean([precision(d).mean() - precision(baseline).mean() for d in decays])
+    )
+    effect = "lowered" if decay_effect < 0 else "raised"
+    evidence = [
+        f"decaying the rate {effect} the final training loss against {baseline.name} by "
+        f"{abs(decay_effect):.4g} on average over {len(decays)} decaying schedules; "
+        "growing the batch is similar if it moves the loss the same way"
+    ]
+    verdicts = []
+    for batch in batches:
+        if decay_effect < 0:
+            part = compare("final training loss", batch, baseline, precision, alpha)
+        else:
+            part = compare("final training loss", baseline, batch, precision, alpha)
+        verdicts.append(_verdict([part]))
+        evidence.append(f"{batch.name}: {part.sentence()}")
+    verdict = verdicts[0] if len(set(verdicts)) == 1 else "inconclusive"
+    return Claim(text, verdict, tuple(evidence))
 
 
 def markdown(

@@ -45,7 +45,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: int = 1)
 def markdown(params: ComparisonParams, result: TuningResult, scores: dict[str, Any]) -> str:
     plan, tuning = params.search, params.tuning
     schedules, tuned, held = scores["schedules"], scores["tuned"], scores["held_out"]
-    budgets = {w.name: w.epochs for w in result.workloads}
     lines = [
         "# Schedules compared after equal tuning",
         "",
@@ -66,6 +65,18 @@ def markdown(params: ComparisonParams, result: TuningResult, scores: dict[str, A
         " schedule's time on that workload.",
         "",
     ]
+    lines += _scores_table(scores)
+    lines += _targets_section(params, result)
+    lines += _test_section(result, scores)
+    lines += _chosen_section(params, result, scores)
+    lines += [claims_markdown(params, result, scores), "## Figures", ""]
+    lines += [f"![{name}](figures/{name})" for name in FIGURES]
+    return "\n".join(lines) + "\n"
+
+
+def _scores_table(scores: dict[str, Any]) -> list[str]:
+    schedules, tuned = scores["schedules"], scores["tuned"]
+    lines: list[str] = []
     order = sorted(schedules, key=lambda s: (-scores["benchmark_score"][s], s))
     header = ["schedule", "score (validation)", "score (test re-runs)"]
     header += [f"ratio on {w}" for w in tuned]
@@ -75,6 +86,12 @@ def markdown(params: ComparisonParams, result: TuningResult, scores: dict[str, A
         row += [_ratio(scores["validation_ratios"][s][w]) for w in tuned]
         rows.append(row)
     lines += _table(header, rows)
+    return lines
+
+
+def _targets_section(params: ComparisonParams, result: TuningResult) -> list[str]:
+    tuning = params.tuning
+    lines: list[str] = []
     lines += ["", "## Targets", ""]
     rows = [
         [
@@ -96,6 +113,13 @@ def markdown(params: ComparisonParams, result: TuningResult, scores: dict[str, A
         "",
     ]
     lines += _table(["workload", "budget", "validation target", "test target"], rows)
+    return lines
+
+
+def _test_section(result: TuningResult, scores: dict[str, Any]) -> list[str]:
+    schedules = scores["schedules"]
+    budgets = {w.name: w.epochs for w in result.workloads}
+    lines: list[str] = []
     lines += [
         "",
         "## Test set: updates to target of the chosen settings",
@@ -129,6 +153,14 @@ def markdown(params: ComparisonParams, result: TuningResult, scores: dict[str, A
             rows,
         )  # fmt: skip
         lines.append("")
+    return lines
+
+
+def _chosen_section(
+    params: ComparisonParams, result: TuningResult, scores: dict[str, Any]
+) -> list[str]:
+    tuning, schedules = params.tuning, scores["schedules"]
+    lines: list[str] = []
     lines += ["## Chosen peak rates", ""]
     rows = []
     for s in schedules:
@@ -151,9 +183,7 @@ def markdown(params: ComparisonParams, result: TuningResult, scores: dict[str, A
         ]
     else:
         lines += ["No chosen rate lies at an edge of the range.", ""]
-    lines += [claims_markdown(params, result, scores), "## Figures", ""]
-    lines += [f"![{name}](figures/{name})" for name in FIGURES]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _ratio(value: float) -> str:

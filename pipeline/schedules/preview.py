@@ -10,8 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.config.params import Params
-from pipeline.schedules.specs import preview
+from pipeline.schedules.specs import ScheduleSpec, preview
 
 
 class UnknownSchedules(KeyError):
@@ -22,24 +21,30 @@ class UnknownSchedules(KeyError):
         self.unknown, self.known = unknown, known
 
 
-def curves(params: Params, names: Sequence[str], steps: int) -> dict[str, dict[str, np.ndarray]]:
+def curves(
+    schedules: Sequence[ScheduleSpec],
+    names: Sequence[str],
+    steps: int,
+    start_rates: Sequence[float],
+    optimizer: str,
+    momentum: float,
+) -> dict[str, dict[str, np.ndarray]]:
     """Per schedule named (every one when none) and starting rate: ``step``, ``lr``, and
     ``lr/<group>`` for a schedule with a rate per layer. Largest rate first.
 
     ReduceLROnPlateau is shown as if the loss never improved: the fastest decay it can make.
     """
-    known = [spec.name for spec in params.schedules]
-    unknown = [name for name in names if name not in known]
+    by_name = {spec.name: spec for spec in schedules}
+    unknown = [name for name in names if name not in by_name]
     if unknown:
-        raise UnknownSchedules(unknown, known)
-    chosen = [params.schedule(name) for name in (names or known)]
-    train = params.train
-    rates_grid = sorted({point.lr for point in params.grid}, reverse=True)
+        raise UnknownSchedules(unknown, list(by_name))
+    chosen = [by_name[name] for name in (names or by_name)]
+    rates_grid = sorted(set(start_rates), reverse=True)
     named: dict[str, dict[str, np.ndarray]] = {}
     for lr in rates_grid:
         for spec in chosen:
             name = spec.name + (f"@lr={lr:g}" if len(rates_grid) > 1 else "")
-            rates = preview(spec, steps, lr, train.optimizer, train.momentum)
+            rates = preview(spec, steps, lr, optimizer, momentum)
             named[name] = {"step": np.arange(steps), "lr": rates[:, 0]}
             if rates.shape[1] > 1:
                 named[name].update({f"lr/{g}": rates[:, i] for i, g in enumerate(spec.groups)})

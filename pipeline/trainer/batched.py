@@ -87,6 +87,17 @@ class _Stack:
     def layer_of(self, index: int) -> int:
         return LAYER_NAMES.index(self.names[index].split(".")[0])
 
+    def state_dicts(self) -> tuple[dict[str, torch.Tensor], ...]:
+        """Each replicate's weights as its own LogicNet's state dict, on the CPU."""
+        count = len(self.tensors[0])
+        return tuple(
+            {
+                name: t[index].detach().cpu().clone()
+                for name, t in zip(self.names, self.tensors, strict=True)
+            }
+            for index in range(count)
+        )
+
 
 def stacked_logits(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """LogicNet.forward of stacked weights (replicates first); ``x`` per replicate or shared."""
@@ -172,11 +183,7 @@ def train_batch(
 
     batches = _MiniBatches(replicates, params.train.epochs, samples, device)
     epochs = params.train.epochs
-    if type(evaluate_every) is not int or evaluate_every < 1:
-        raise ValueError(f"evaluate_every must be a positive integer, got {evaluate_every!r}")
-    evaluated = np.unique(np.r_[np.arange(evaluate_every - 1, epochs, evaluate_every), epochs - 1])
-    row_of = np.full(epochs, -1, dtype=np.int64)
-    row_of[evaluated] = np.arange(len(evaluated))
+    evaluated, row_of = _evaluated_updates(evaluate_every, epochs)
     validating = (
         None if validation is None else _Validation(replicates, validation, len(evaluated), device)
     )
@@ -184,36 +191,20 @@ def train_batch(
     losses = torch.empty(count, params.train.epochs, dtype=torch.float32, device=device)
     needs_values = bool(rates.plateaus)
     for step in range(params.train.epochs):
-        lr, momenta = rates.at(step)
-        logits = stack.logits(x)
-        per_sample = F.cross_entropy(logits.reshape(-1, 2), y.reshape(-1), reduction="none")
-        per_sample = per_sample.view(count, samples)
-        full_losses = per_sample.mean(dim=1)
-        losses[:, step] = full_losses.detach()
-        for tensor in stack.tensors:
-            tensor.grad = None
-        objective = batches.objective(step, per_sample, full_losses)
-        objective.sum().backward()  # replicates share no weights: each gets its own gradient
-        optimizer.step(lr, momenta)
+        logits, full_losses = _update(step, stack, x, y, rates, optimizer, batches)
+        losses[:, step] = full_losses
         if needs_values:  # one device sync per step, only when a replicate watches its loss
             accuracy = (logits.argmax(dim=2) == y).float().mean(dim=1)
-            rates.advance(step, full_losses.detach().cpu().numpy(), accuracy.cpu().numpy())
+            rates.advance(step, full_losses.cpu().numpy(), accuracy.cpu().numpy())
         if validating is not None and row_of[step] >= 0:  # after the update and scheduler step
             validating.record(int(row_of[step]), stack)
         on_step(step)
 
-    state_dicts = tuple(
-        {
-            name: t[index].detach().cpu().clone()
-            for name, t in zip(stack.names, stack.tensors, strict=True)
-        }
-        for index in range(count)
-    )
     return BatchResult(
         tuple(replicates),
         rates.table.copy(),
         losses.cpu().numpy().astype(np.float64),
-        state_dicts,
+        stack.state_dicts(),
         batches.sizes,
         None if validating is None else validating.losses.cpu().numpy().astype(np.float64),
         None if validating is None else evaluated,
@@ -342,6 +333,42 @@ class _BatchedOptimizer:
             denom = (portable.sqrt(second) / correction2_sqrt).add_(ADAM_EPS)
             step_size = rate / (1 - momentum**self.count)
             tensor.sub_(first / denom * self._per_replicate(step_size, tensor))
+
+
+def _evaluated_updates(evaluate_every: int, epochs: int) -> tuple[np.ndarray, np.ndarray]:
+    """The updates after which validation is measured (every ``evaluate_every``-th and the
+    last), and for each update its row in the validation table (-1: none)."""
+    if type(evaluate_every) is not int or evaluate_every < 1:
+        raise ValueError(f"evaluate_every must be a positive integer, got {evaluate_every!r}")
+    evaluated = np.unique(np.r_[np.arange(evaluate_every - 1, epochs, evaluate_every), epochs - 1])
+    row_of = np.full(epochs, -1, dtype=np.int64)
+    row_of[evaluated] = np.arange(len(evaluated))
+    return evaluated, row_of
+
+
+def _update(
+    step: int,
+    stack: _Stack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rates: _Rates,
+    optimizer: _BatchedOptimizer,
+    batches: _MiniBatches,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update of every replicate; returns the logits it started from and each replicate's
+    loss on its whole train set, before the update (detached)."""
+    count, samples = y.shape
+    lr, momenta = rates.at(step)
+    logits = stack.logits(x)
+    per_sample = F.cross_entropy(logits.reshape(-1, 2), y.reshape(-1), reduction="none")
+    per_sample = per_sample.view(count, samples)
+    full_losses = per_sample.mean(dim=1)
+    for tensor in stack.tensors:
+        tensor.grad = None
+    objective = batches.objective(step, per_sample, full_losses)
+    objective.sum().backward()  # replicates share no weights: each gets its own gradient
+    optimizer.step(lr, momenta)
+    return logits, full_losses.detach()
 
 
 def run_results(
