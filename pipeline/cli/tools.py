@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from pipeline.cli.common import PATH, console, load, load_comparison, params_errors, params_option
+from pipeline.cli.common import PATH, console, load, params_errors, params_option
 from pipeline.config.params import load_params
 from pipeline.tracking.store import TrackingUnavailable
 
@@ -89,8 +89,10 @@ def preview(
 @params_option
 def validate(params_path: Path) -> None:
     """Check every section of a params file as its stage does, and summarise it."""
-    load(params_path)  # the schedules built and stepped first: the usual mistakes
-    params = load_comparison(params_path)
+    from pipeline.comparison.plan import with_comparison
+
+    with params_errors():  # the file read once: the schedules tried, then the comparison
+        params = with_comparison(load(params_path), str(params_path))
     click.echo(
         f"{params_path} is valid: {len(params.schedules)} schedules "
         f"({', '.join(spec.name for spec in params.schedules)}), {params.train.epochs} steps, "
