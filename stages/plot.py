@@ -11,7 +11,7 @@ import torch
 
 from pipeline.config.params import Params
 from pipeline.core import files
-from pipeline.core.stats import steps_to
+from pipeline.core.stats import time_to_target
 from pipeline.problems import data
 from pipeline.problems.model import load_model, seed_accuracies
 from pipeline.reporting import curves, figures
@@ -89,7 +89,8 @@ def _render(params: Params, paths: PlotPaths) -> dict[str, bytes]:
     }
     target = params.analysis.target_loss
     steps = {
-        run.name: steps_to(_seed_losses(paths.curves_dir, run.name, tables), target) for run in runs
+        run.name: time_to_target(_seed_losses(paths.curves_dir, run.name, tables), target, first=0)
+        for run in runs
     }
     regions = figures.decision_regions(models, sets)
     # A grid: a loss panel per grid point, a rate panel per starting rate (rates do not depend
@@ -110,7 +111,7 @@ def _render(params: Params, paths: PlotPaths) -> dict[str, bytes]:
         "learning_rates.png": lambda: figures.learning_rates(tables, rate_panels),
         "losses.png": lambda: figures.losses(tables, loss_panels),
         "final_metrics.png": lambda: figures.final_metrics(metrics),
-        "test_accuracy.png": lambda: figures.test_accuracy(accuracies, schedule_of),
+        "test_accuracy.png": lambda: figures.accuracy_per_seed(accuracies, schedule_of),
         "steps_to_target.png": lambda: figures.steps_to_target(
             steps, target, params.train.epochs, schedule_of
         ),

@@ -269,7 +269,7 @@ def _record_run(
             "execution.nodes": trained.nodes[result.name],
         },
         curves.series(result),
-        {**result.final, **_ranking_metrics(trained.ranked[result.name])},
+        {**result.summary, **_ranking_metrics(trained.ranked[result.name])},
         artifacts,
         lineage.datasets,
         _model_to_log(result, inputs.test_sets[result.noise]),
@@ -412,7 +412,7 @@ def _per_seed_bytes(result: RunResult) -> bytes:
 
 def metrics_json(results: list[RunResult], ranked: dict[str, stats.Ranked]) -> str:
     """Final metrics and ranking per run, for ``dvc metrics show``: stable order."""
-    table = {r.name: {**r.final, **_ranking_metrics(ranked[r.name])} for r in results}
+    table = {r.name: {**r.summary, **_ranking_metrics(ranked[r.name])} for r in results}
     return json.dumps(table, indent=2) + "\n"
 
 

@@ -4,8 +4,7 @@ a child run per schedule and workload carrying its trial table)."""
 
 from __future__ import annotations
 
-import csv
-import io
+import dataclasses
 import json
 import math
 import os
@@ -20,6 +19,7 @@ import torch
 
 from pipeline.comparison import search, tuning
 from pipeline.comparison.plan import ComparisonParams
+from pipeline.comparison.scores import Scores, score
 from pipeline.core import files
 from pipeline.engines import execution
 from pipeline.problems import workloads
@@ -55,7 +55,7 @@ class TunePaths:
 @dataclass(frozen=True)
 class TuneSummary:
     result: tuning.TuningResult
-    scores: dict[str, Any]
+    scores: Scores
     parent_run_id: str
     tracking_uri: str
     seconds: float
@@ -160,11 +160,11 @@ def _write_and_record(
     result: tuning.TuningResult,
     lineage: Mapping[str, str],
     dataset: store.DataFile,
-) -> dict[str, Any]:
+) -> Scores:
     """Scores, report, claims and figures written, every child run recorded; the metrics file,
     which says the outputs are whole, last. Returns the scores."""
     outputs_started = time.perf_counter()
-    scores = tuning.score(params, result)
+    scores = score(params, result)
     report_text = tuning_report.markdown(params, result, scores)
     claims_text = tuning_report.claims_markdown(params, result, scores)
     with files.staged_directory(paths.out_dir) as out:
@@ -222,46 +222,39 @@ def _time_text(value: float) -> str:
 
 
 def trials_csv(result: tuning.TuningResult) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(TRIAL_COLUMNS)
-    for trial, time_, best, final in zip(
-        result.trials, result.times, result.best_losses, result.final_losses, strict=True
-    ):
-        writer.writerow(
-            (
-                trial.workload,
-                trial.schedule,
-                trial.study,
-                trial.index,
-                trial.budget,
-                repr(trial.lr),
-                json.dumps(dict(trial.point), sort_keys=True),
-                json.dumps(dict(trial.scheduler), sort_keys=True),
-                _time_text(time_),
-                repr(float(best)),
-                repr(float(final)),
-            )
+    columns = zip(result.trials, result.times, result.best_losses, result.final_losses, strict=True)
+    rows = (
+        (
+            trial.workload,
+            trial.schedule,
+            trial.study,
+            trial.index,
+            trial.budget,
+            repr(trial.lr),
+            json.dumps(dict(trial.point), sort_keys=True),
+            json.dumps(dict(trial.scheduler), sort_keys=True),
+            _time_text(time_),
+            repr(float(best)),
+            repr(float(final)),
         )
-    return buffer.getvalue()
+        for trial, time_, best, final in columns
+    )
+    return files.csv_text(TRIAL_COLUMNS, rows)
 
 
 def reruns_csv(result: tuning.TuningResult) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(RERUN_COLUMNS)
-    for rerun in result.reruns:
-        writer.writerow(
-            (
-                rerun.workload,
-                rerun.schedule,
-                rerun.seed,
-                _time_text(rerun.time),
-                repr(rerun.final_loss),
-                repr(rerun.accuracy),
-            )
+    rows = (
+        (
+            rerun.workload,
+            rerun.schedule,
+            rerun.seed,
+            _time_text(rerun.time),
+            repr(rerun.final_loss),
+            repr(rerun.accuracy),
         )
-    return buffer.getvalue()
+        for rerun in result.reruns
+    )
+    return files.csv_text(RERUN_COLUMNS, rows)
 
 
 def chosen_json(params: ComparisonParams, result: tuning.TuningResult) -> dict[str, Any]:
@@ -286,18 +279,17 @@ def chosen_json(params: ComparisonParams, result: tuning.TuningResult) -> dict[s
     return chosen
 
 
-def metrics(scores: dict[str, Any], result: tuning.TuningResult) -> dict[str, Any]:
+def metrics(scores: Scores, result: tuning.TuningResult) -> dict[str, Any]:
     """What ``dvc metrics show`` lists: scores per schedule, targets, times per workload."""
     return {
-        "benchmark_score": scores["benchmark_score"],
-        "test_benchmark_score": scores["test_benchmark_score"],
+        "benchmark_score": scores.benchmark_score,
+        "test_benchmark_score": scores.test_benchmark_score,
         "targets": {name: entry["target"] for name, entry in result.targets.items()},
         "test_targets": {name: entry["test_target"] for name, entry in result.targets.items()},
         "median_test_time": {
-            workload: {s: row[s]["median_time"] for s in row}
-            for workload, row in scores["test"].items()
+            workload: {s: row[s].median_time for s in row} for workload, row in scores.test.items()
         },
-        "edges": len(scores["edges"]),
+        "edges": len(scores.edges),
     }
 
 
@@ -305,7 +297,7 @@ def _log_children(
     tracker: Tracker,
     params: ComparisonParams,
     result: tuning.TuningResult,
-    scores: dict[str, Any],
+    scores: Scores,
     lineage: Mapping[str, str],
     dataset: store.DataFile,
     out: Path,
@@ -361,7 +353,7 @@ def _space_params(
 
 
 def _child_metrics(
-    scores: dict[str, Any],
+    scores: Scores,
     result: tuning.TuningResult,
     workload: workloads.Workload,
     name: str,
@@ -369,20 +361,16 @@ def _child_metrics(
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """A child run's series (the expected best loss per budget) and its final metrics: the
     finite ones only, as MLflow stores no infinity."""
-    test = scores["test"][workload.name][name]
-    final = {
-        f"test.{key}": value
-        for key, value in test.items()
-        if isinstance(value, float) and math.isfinite(value)
-    }
+    test = dataclasses.asdict(scores.test[workload.name][name])
+    final = {f"test.{key}": value for key, value in test.items() if math.isfinite(value)}
     series = {}
     if not workload.held_out:
-        ratio = scores["validation_ratios"][name][workload.name]
+        ratio = scores.validation_ratios[name][workload.name]
         if math.isfinite(ratio):
             final["validation.ratio_to_best"] = ratio
         if math.isfinite(setting["median_validation_time"] or math.inf):
             final["validation.median_time"] = setting["median_validation_time"]
-        series = {"budget.expected_best_loss": scores["budget"][workload.name][name]["best_loss"]}
+        series = {"budget.expected_best_loss": scores.budget[workload.name][name].best_loss}
     final["target"] = result.targets[workload.name]["target"]
     final["test_target"] = result.targets[workload.name]["test_target"]
     return series, final

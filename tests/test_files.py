@@ -1,6 +1,9 @@
-"""Atomic outputs: an interrupted write leaves the old output whole, or nothing."""
+"""Atomic outputs: an interrupted write leaves the old output whole, or nothing; CSV text."""
 
 from __future__ import annotations
+
+import csv
+import io
 
 import pytest
 
@@ -40,3 +43,13 @@ def test_staged_directory_replaces_only_on_success(tmp_path):
         (staging / "c.csv").write_text("2")
     assert [p.name for p in target.iterdir()] == ["c.csv"]
     assert [p.name for p in tmp_path.iterdir()] == ["curves"]
+
+
+def test_csv_text_has_unix_line_ends_and_quotes_what_needs_it():
+    text = files.csv_text(["name", "value"], [("plain", 1), ("with, comma", repr(0.1))])
+    assert text == 'name,value\nplain,1\n"with, comma",0.1\n'
+    assert list(csv.reader(io.StringIO(text))) == [
+        ["name", "value"],
+        ["plain", "1"],
+        ["with, comma", "0.1"],
+    ]

@@ -116,3 +116,14 @@ def test_the_readers_of_results_do_not_import_the_trainer():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_both_reports_count_a_miss_one_update_past_the_last_a_run_could_show():
+    from pipeline.reporting.claims import capped, is_decaying
+
+    # Training losses precede their update (0 to 99 updates for 100); validation ones follow
+    # it (1 to 100): a miss is 100 in the first and 101 in the second, never inf or NaN.
+    np.testing.assert_array_equal(capped([3.0, np.inf], last=99), [3.0, 100.0])
+    np.testing.assert_array_equal(capped([3.0, np.inf], last=100), [3.0, 101.0])
+    assert not is_decaying("constant") and not is_decaying("batch_size")
+    assert is_decaying("StepLR") and is_decaying("warmup_cosine")

@@ -7,21 +7,19 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats as scipy_stats
 
 from pipeline.comparison.scoring import (
     at_edge,
     benchmark_score,
-    confidence_interval,
     expected_best_after_k,
     expected_best_after_k_exact,
     median_over_studies,
     performance_profile,
     ratios,
     study_best,
-    time_to_target,
     workload_time,
 )
+from pipeline.core.stats import time_to_target
 
 INF = math.inf
 
@@ -322,19 +320,3 @@ def test_at_edge_log_and_linear_disagree_and_fraction_matters():
         at_edge(0.5, 0.0, 1.0, log=True)
     with pytest.raises(ValueError, match="low < high"):
         at_edge(0.5, 1.0, 0.1)
-
-
-@pytest.mark.parametrize("level", [0.9, 0.95, 0.99])
-def test_confidence_interval_equals_scipy_t_interval(level):
-    sample = np.random.default_rng(2).normal(0.8, 0.05, size=7)
-    mean, half_width = confidence_interval(sample, level)
-    low, high = scipy_stats.t.interval(
-        level, len(sample) - 1, loc=sample.mean(), scale=scipy_stats.sem(sample)
-    )
-    assert mean == pytest.approx((low + high) / 2, rel=1e-12)
-    assert half_width == pytest.approx((high - low) / 2, rel=1e-12)
-
-
-def test_confidence_interval_of_one_seed_has_no_width():
-    mean, half_width = confidence_interval([0.7])
-    assert mean == 0.7 and math.isnan(half_width)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from pipeline.core.stats import mean_interval, steps_to
+from pipeline.core.stats import mean_interval, median_interval, time_to_target
 
 
 def test_interval_equals_scipy_t_interval():
@@ -28,9 +28,40 @@ def test_one_seed_has_no_interval():
     assert np.isnan(half_width).all()
 
 
-def test_steps_to_target():
+@pytest.mark.parametrize("level", [0.9, 0.95, 0.99])
+def test_interval_at_any_level_equals_scipy_t_interval(level):
+    sample = np.random.default_rng(2).normal(0.8, 0.05, size=7)
+    mean, half_width = mean_interval(sample, level=level)
+    low, high = scipy_stats.t.interval(
+        level, len(sample) - 1, loc=sample.mean(), scale=scipy_stats.sem(sample)
+    )
+    assert mean == pytest.approx((low + high) / 2, rel=1e-12)
+    assert half_width == pytest.approx((high - low) / 2, rel=1e-12)
+
+
+def test_interval_refuses_no_values_and_a_level_outside_zero_one():
+    with pytest.raises(ValueError, match="at least one"):
+        mean_interval([])
+    with pytest.raises(ValueError, match="level"):
+        mean_interval([1.0, 2.0], level=1.0)
+
+
+def test_time_to_target_counts_the_updates_done_when_the_loss_was_measured():
     losses = np.array([[0.9, 0.5, 0.1, 0.05], [0.9, 0.8, 0.7, 0.6], [0.04, 0.5, 0.01, 0.0]])
-    np.testing.assert_array_equal(steps_to(losses, 0.1), [2, np.nan, 0])
+    # A training loss precedes its update: reaching it at index 2 took 2 updates.
+    np.testing.assert_array_equal(time_to_target(losses, 0.1, first=0), [2, np.inf, 0])
+    # A validation loss follows its update: the same index took 3.
+    np.testing.assert_array_equal(time_to_target(losses, 0.1), [3, np.inf, 1])
+
+
+def test_median_interval_brackets_the_median_and_keeps_misses_infinite():
+    rng = np.random.default_rng(3)
+    times = np.array([10.0, 12.0, 14.0, 15.0, np.inf, np.inf, np.inf])
+    median, low, high = median_interval(times, rng, draws=500)
+    assert median == 15.0 and low <= median <= high and high == np.inf
+    # The interval is the bootstrap's percentiles, drawn again from the same generator state.
+    again = np.median(np.random.default_rng(3).choice(times, size=(500, 7)), axis=1)
+    assert low == np.quantile(again, 0.025, method="lower")
 
 
 def test_ranking_tests_each_schedule_against_the_best_paired_by_seed():

@@ -14,6 +14,7 @@ import torch
 
 from pipeline.comparison import tuning
 from pipeline.comparison.plan import parse_comparison
+from pipeline.comparison.scores import score
 from pipeline.core.validation import ParamsError
 from pipeline.problems import workloads
 from pipeline.schedules.specs import parse_spec
@@ -166,20 +167,20 @@ def test_a_chosen_setting_alone_gives_the_numbers_of_the_batch(params, data, tun
 
 @pytest.mark.slow
 def test_scores_follow_the_protocol(params, tuned):
-    scores = tuning.score(params, tuned)
+    scores = score(params, tuned)
     tuned_names = [w.name for w in params.workloads if not w.held_out]
-    assert scores["tuned"] == tuned_names
+    assert scores.tuned == tuned_names
     for schedule in params.search.spaces:
         for workload in tuned_names:
             rows = tuned.rows(schedule, workload)
             per_study = tuned.times[rows].reshape(params.search.studies, -1).min(axis=1)
-            assert scores["validation_times"][schedule][workload] == np.median(per_study)
-        assert 0.0 <= scores["benchmark_score"][schedule] <= 1.0
+            assert scores.validation_times[schedule][workload] == np.median(per_study)
+        assert 0.0 <= scores.benchmark_score[schedule] <= 1.0
     # Some schedule is the fastest on each workload a schedule reached: its ratio is 1.
     for workload in tuned_names:
-        ratios = [scores["validation_ratios"][s][workload] for s in params.search.spaces]
+        ratios = [scores.validation_ratios[s][workload] for s in params.search.spaces]
         assert min(ratios) == 1.0 or all(math.isinf(r) for r in ratios)
-    assert set(scores["test"]) == {w.name for w in params.workloads}
+    assert set(scores.test) == {w.name for w in params.workloads}
 
 
 @pytest.mark.slow
@@ -195,7 +196,7 @@ def test_the_edge_flag_fires_where_the_range_cuts_off_the_best_rate():
     result = tuning.run_protocol(edgy, workloads.generate_all(edgy.workloads, edgy.seed), CPU)
     choice = result.chosen["tutorial"]["constant"]
     assert choice.at_edge
-    assert tuning.score(edgy, result)["edges"] == ["constant on tutorial"]
+    assert score(edgy, result).edges == ["constant on tutorial"]
     assert not tuning.edge_of(edgy, math.sqrt(1e-6 * 1e-5))  # the middle is no edge
 
 

@@ -1,7 +1,7 @@
 """The tune stage's figures, from a synthetic score dict: no tuning runs here.
 
-The stand-in has what :func:`pipeline.reporting.tuning_figures.write_all` reads: ``scores``
-shaped as :func:`pipeline.comparison.tuning.score` returns it (with infinite times and NaN best
+The stand-in has what :func:`pipeline.reporting.tuning_figures.write_all` reads: typed
+:class:`~pipeline.comparison.scores.Scores` (with infinite times and NaN best
 times, as a schedule that never reaches its target gives), and a result with ``chosen_rates``,
 ``targets`` and
 ``workloads``.
@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.comparison.scores import BudgetCurve, RerunScore, Scores
 from pipeline.problems.workloads import TUTORIAL
 from pipeline.reporting import tuning_figures
 
@@ -39,7 +40,7 @@ def _workloads() -> tuple:
     )
 
 
-def _result_and_scores() -> tuple[SimpleNamespace, dict[str, Any]]:
+def _result_and_scores() -> tuple[SimpleNamespace, Scores]:
     rng = np.random.default_rng(0)
     workloads = _workloads()
     tuned = [w.name for w in workloads if not w.held_out]
@@ -70,53 +71,55 @@ def _result_and_scores() -> tuple[SimpleNamespace, dict[str, Any]]:
         for i, s in enumerate(SCHEDULES):
             never = s == "CyclicLR"
             best_time = [math.nan if never else 150.0 - k - i for k in KS]
-            budget[w][s] = {
-                "reached": [0.0 if never else 1 - 0.5**k for k in KS],
-                "best_time": best_time,
-                "best_loss": [0.2 + 0.01 * i + 0.3 / k for k in KS],
-            }
-    budget["tutorial"]["ExponentialLR"]["best_loss"] = [math.nan] * len(KS)  # every trial diverged
+            budget[w][s] = BudgetCurve(
+                reached=[0.0 if never else 1 - 0.5**k for k in KS],
+                best_time=best_time,
+                best_loss=[0.2 + 0.01 * i + 0.3 / k for k in KS],
+            )
+    diverged = replace(budget["tutorial"]["ExponentialLR"], best_loss=[math.nan] * len(KS))
+    budget["tutorial"]["ExponentialLR"] = diverged  # every trial diverged
 
     test = {}
     for w in workloads:
         test[w.name] = {}
         for i, s in enumerate(SCHEDULES):
             median = 40.0 + 10 * i + rng.uniform(0, 5)
-            entry = {
-                "median_time": median,
-                "time_low": median - 8,
-                "time_high": median + 12,
-                "reached": 1.0,
-                "test_loss": 0.2,
-                "test_loss_half": 0.01,
-                "test_accuracy": 0.9,
-                "test_accuracy_half": 0.02,
-            }
+            entry = RerunScore(
+                median_time=median,
+                time_low=median - 8,
+                time_high=median + 12,
+                reached=1.0,
+                test_loss=0.2,
+                test_loss_half=0.01,
+                test_accuracy=0.9,
+                test_accuracy_half=0.02,
+            )
             if s == "CyclicLR":  # no re-run got there
-                entry.update(median_time=math.inf, time_low=math.inf, time_high=math.inf,
-                             reached=0.0)  # fmt: skip
+                entry = replace(entry, median_time=math.inf, time_low=math.inf,
+                                time_high=math.inf, reached=0.0)  # fmt: skip
             elif s == "StepLR":  # most did not: the median is inf, the interval starts inside
-                entry.update(median_time=math.inf, time_low=90.0, time_high=math.inf, reached=0.4)
+                entry = replace(entry, median_time=math.inf, time_low=90.0, time_high=math.inf,
+                                reached=0.4)  # fmt: skip
             elif s == "OneCycleLR":  # most did: the interval's end is past the budget
-                entry.update(time_high=math.inf, reached=0.8)
+                entry = replace(entry, time_high=math.inf, reached=0.8)
             test[w.name][s] = entry
-    scores = {
-        "schedules": list(SCHEDULES),
-        "tuned": tuned,
-        "held_out": held_out,
-        "validation_times": {s: {w: 100.0 for w in tuned} for s in SCHEDULES},
-        "validation_ratios": {s: {w: 1.0 for w in tuned} for s in SCHEDULES},
-        "taus": taus.tolist(),
-        "profiles": profiles,
-        "benchmark_score": benchmark,
-        "test": test,
-        "test_ratios": {s: {w: 1.0 for w in tuned} for s in SCHEDULES},
-        "test_benchmark_score": dict(benchmark),
-        "held_out_ratios": {s: {w: 1.0 for w in held_out} for s in SCHEDULES},
-        "budget_ks": KS,
-        "budget": budget,
-        "edges": ["StepLR on tutorial"],
-    }
+    scores = Scores(
+        schedules=list(SCHEDULES),
+        tuned=tuned,
+        held_out=held_out,
+        validation_times={s: {w: 100.0 for w in tuned} for s in SCHEDULES},
+        validation_ratios={s: {w: 1.0 for w in tuned} for s in SCHEDULES},
+        taus=taus.tolist(),
+        profiles=profiles,
+        benchmark_score=benchmark,
+        test=test,
+        test_ratios={s: {w: 1.0 for w in tuned} for s in SCHEDULES},
+        test_benchmark_score=dict(benchmark),
+        held_out_ratios={s: {w: 1.0 for w in held_out} for s in SCHEDULES},
+        budget_ks=KS,
+        budget=budget,
+        edges=["StepLR on tutorial"],
+    )
     result = SimpleNamespace(chosen_rates=chosen_rates, targets=targets, workloads=workloads)
     return result, scores
 
@@ -125,7 +128,7 @@ def _params() -> SimpleNamespace:
     return SimpleNamespace(tuning=SimpleNamespace(r_max=R_MAX))
 
 
-def _draw(folder: Path, result: SimpleNamespace, scores: dict) -> dict[str, bytes]:
+def _draw(folder: Path, result: SimpleNamespace, scores: Scores) -> dict[str, bytes]:
     paths = tuning_figures.write_all(_params(), result, scores, folder)
     return {path.name: path.read_bytes() for path in paths}
 
@@ -159,15 +162,15 @@ def test_the_same_inputs_give_the_same_bytes(tmp_path, baseline):
 
 
 def _profile_score(result, scores):
-    scores["benchmark_score"]["OneCycleLR"] = 0.123
+    scores.benchmark_score["OneCycleLR"] = 0.123
 
 
 def _profile_value(result, scores):
-    scores["profiles"]["constant"][40] = 0.9
+    scores.profiles["constant"][40] = 0.9
 
 
 def _budget_loss(result, scores):
-    scores["budget"]["more_noise"]["StepLR"]["best_loss"][3] = 0.9
+    scores.budget["more_noise"]["StepLR"].best_loss[3] = 0.9
 
 
 def _target(result, scores):
@@ -183,11 +186,13 @@ def _rate(result, scores):
 
 
 def _test_time(result, scores):
-    scores["test"]["wide_hidden"]["LambdaLR"]["median_time"] = 150.0
+    cells = scores.test["wide_hidden"]
+    cells["LambdaLR"] = replace(cells["LambdaLR"], median_time=150.0)
 
 
 def _never(result, scores):
-    scores["test"]["tutorial"]["constant"].update(median_time=math.inf, reached=0.2)
+    cells = scores.test["tutorial"]
+    cells["constant"] = replace(cells["constant"], median_time=math.inf, reached=0.2)
 
 
 @pytest.mark.slow

@@ -107,7 +107,7 @@ def _echo_summary(summary: TrainSummary) -> None:
     """A line per run, the runs reaped, the model registered, and the one-line summary."""
     width = max(len(result.name) for result in summary.results)
     for result in summary.results:
-        final = result.final
+        final = result.summary
         spread = f" +/- {final['test_accuracy_ci95']:.1%}" if "test_accuracy_ci95" in final else ""
         click.echo(
             f"  {result.name:<{width}}  final loss {final['final_loss']:.4f}  "

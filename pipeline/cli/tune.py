@@ -52,13 +52,13 @@ def tune(params_path: Path, **paths: Any) -> None:
                 params, stage.TunePaths(params_path, **paths), tracker, engine, bar.advance
             )
     scores = summary.scores
-    best = max(scores["benchmark_score"], key=lambda s: (scores["benchmark_score"][s], s))
+    best = scores.best()
     phases = ", ".join(
         f"{name} {seconds:.1f} s" for name, seconds in summary.result.seconds.items()
     )
     click.echo(
         f"tuned {len(summary.result.trials)} trials in {summary.seconds:.1f} s ({phases});"
-        f" best benchmark score: {best} {scores['benchmark_score'][best]:.3f} (validation),"
-        f" {scores['test_benchmark_score'][best]:.3f} (test re-runs);"
-        f" {len(scores['edges'])} rates at an edge; report: {paths['out_dir'] / 'report.md'}"
+        f" best benchmark score: {best} {scores.benchmark_score[best]:.3f} (validation),"
+        f" {scores.test_benchmark_score[best]:.3f} (test re-runs);"
+        f" {len(scores.edges)} rates at an edge; report: {paths['out_dir'] / 'report.md'}"
     )

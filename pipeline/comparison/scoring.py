@@ -14,7 +14,7 @@ AlgoPerf references are to github.com/mlcommons/algorithmic-efficiency (commit 2
 trapezoid) and ``docs/DOCUMENTATION.md`` (sections "External Tuning Ruleset" and "AlgoPerf
 Benchmark Score via Integrated Performance Profiles").
 
-Pure numpy (scipy only for the Student-t quantile); no torch, no MLflow.
+Pure numpy; no torch, no MLflow.
 """
 
 from __future__ import annotations
@@ -24,34 +24,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import stdtrit  # Student t quantiles; scipy.stats.t.ppf calls it too
+
+from pipeline.core.stats import time_to_target
 
 FloatArray = npt.NDArray[np.float64]
 
 #: AlgoPerf's upper integration limit (DOCUMENTATION.md: "r_max = 4").
 R_MAX = 4.0
-
-
-def time_to_target(losses: npt.ArrayLike, target: float) -> FloatArray:
-    """Updates until the loss first is at or below ``target``; ``inf`` where it never is.
-
-    ``losses`` has shape (..., steps): the loss after each update, index 0 being the loss after
-    the first update, so reaching the target there takes 1 update. The result has shape (...),
-    as floats (1-based counts, or ``inf``). "At or below" follows AlgoPerf's ``operator.le`` for
-    minimised metrics (``get_best_trial_index``); a NaN loss (a diverged run) never counts as
-    reached, as in AlgoPerf, where the comparison with NaN is false.
-    """
-    values = np.asarray(losses, dtype=np.float64)
-    if values.ndim == 0:
-        raise ValueError("losses needs a steps axis (its last axis)")
-    if math.isnan(target):
-        raise ValueError("target is NaN")
-    if values.shape[-1] == 0:
-        return np.full(values.shape[:-1], np.inf)
-    reached = values <= target
-    first = reached.argmax(axis=-1).astype(np.float64) + 1.0
-    result: FloatArray = np.where(reached.any(axis=-1), first, np.inf)
-    return result
 
 
 def study_best(times: npt.ArrayLike) -> FloatArray:
@@ -250,24 +229,6 @@ def at_edge(
         value, low, high = math.log(value), math.log(low), math.log(high)
     position = (value - low) / (high - low)
     return position <= fraction or position >= 1 - fraction
-
-
-def confidence_interval(values: npt.ArrayLike, level: float = 0.95) -> tuple[float, float]:
-    """The mean and the half-width of its Student-t interval at ``level`` (NaN with one value).
-
-    For scores over seeds (e.g. test-set scores). Same formula as ``scipy.stats.t.interval``
-    with ``scale=scipy.stats.sem(values)``.
-    """
-    sample = np.asarray(values, dtype=np.float64)
-    if sample.ndim != 1 or len(sample) == 0:
-        raise ValueError("values must be a non-empty 1-D sequence")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    mean = float(sample.mean())
-    if len(sample) < 2:
-        return mean, math.nan
-    spread = float(sample.std(ddof=1)) / math.sqrt(len(sample))
-    return mean, float(stdtrit(len(sample) - 1, (1 + level) / 2)) * spread
 
 
 def _times(times: npt.ArrayLike, name: str) -> FloatArray:

@@ -81,7 +81,6 @@ string.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -90,6 +89,8 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
+
+from pipeline.core.seeds import name_words
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 Scalar: TypeAlias = str | int | float | bool
@@ -407,19 +408,12 @@ def make_space(
     return SearchSpace(name, type, dims, fixed, form)
 
 
-def stable_words(name: str) -> list[int]:
-    """Four 32-bit words of the name's sha256: the same name gives the same words in every
-    process (Python's hash() of a str changes with each interpreter, PYTHONHASHSEED)."""
-    digest = hashlib.sha256(name.encode("utf-8")).digest()
-    return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
-
-
 def study_seed(seed: int, name: str, study: int) -> np.random.SeedSequence:
     """The seed of one (schedule, study) sequence: the search seed, the schedule's stable name
     words and the study index, always the same number of words, so no two keys collide."""
     if type(seed) is not int or seed < 0:
         raise ValueError(f"a search seed is a non-negative integer, got {seed!r}")
-    return np.random.SeedSequence([seed, *stable_words(name), study])
+    return np.random.SeedSequence([seed, *name_words(name, 4, "little"), study])
 
 
 def draw(space: SearchSpace, trials: int, studies: int, seed: int) -> FloatArray:

@@ -36,7 +36,9 @@ import torch
 
 from pipeline.comparison import scoring, search
 from pipeline.comparison.plan import ComparisonParams
+from pipeline.core import stats
 from pipeline.engines import units
+from pipeline.engines.units import Progress
 from pipeline.problems.data import Dataset
 from pipeline.problems.workloads import Splits, Workload
 from pipeline.schedules.specs import parse_spec
@@ -72,14 +74,14 @@ class Curves:
 
     def times(self, target: float) -> np.ndarray:
         """Updates until the loss is first at or below ``target``; inf where never."""
-        first = scoring.time_to_target(self.losses, target)
+        first = stats.time_to_target(self.losses, target)
         finite = np.isfinite(first)
         indices = np.where(finite, first, 1).astype(np.int64) - 1
         return np.where(finite, self.steps[indices].astype(np.float64), np.inf)
 
 
 @dataclass(frozen=True)
-class Choice:
+class ChosenSetting:
     """The setting chosen for one schedule (per workload, or once for the held-out ones)."""
 
     schedule: str
@@ -111,11 +113,10 @@ class TuningResult:
     best_losses: np.ndarray  # (trials,) the lowest validation loss evaluated
     final_losses: np.ndarray  # (trials,) the validation loss after the last update
     targets: dict[str, dict[str, Any]]  # workload -> {"target", "how", ...}
-    chosen: dict[str, dict[str, Choice]]  # workload -> schedule -> choice
-    held_out_choice: dict[str, Choice]  # schedule -> the setting used on held-out workloads
+    chosen: dict[str, dict[str, ChosenSetting]]  # workload -> schedule -> choice
+    held_out_choice: dict[str, ChosenSetting]  # schedule -> the setting used on held-out workloads
     reruns: list[Rerun]
     rerun_seeds: tuple[int, ...]
-    scores: dict[str, Any] = field(default_factory=dict)
     trial_counts: dict[str, int] = field(default_factory=dict)  # schedule -> scored trials
     # workload -> schedule -> the rate of each update (first layer) in the first re-run: the
     # rates the chosen setting really used (ReduceLROnPlateau's depend on the losses).
@@ -309,9 +310,6 @@ def edge_of(params: ComparisonParams, lr: float) -> bool:
                            fraction=params.tuning.edge)  # fmt: skip
 
 
-Progress = Callable[[int], None]  # called with the trial-updates just done
-
-
 def run_protocol(
     params: ComparisonParams,
     data: Mapping[str, Splits],
@@ -445,6 +443,8 @@ def _trial_name(trial: Trial) -> str:
 
 
 def _counting(progress: Progress, rows: int) -> Callable[[int], None]:
+    """The trainer's per-step callback (given the step's index) as progress: each step is one
+    update of each of the batch's ``rows`` runs."""
     return lambda step: progress(rows)
 
 
@@ -463,7 +463,7 @@ def _select(params: ComparisonParams, result: TuningResult, tuned: Sequence[Work
                 _by_study(result.times, rows, studies), _by_study(result.best_losses, rows, studies)
             )
             trial = result.trials[rows[study * plan.trials + index]]
-            result.chosen[workload.name][name] = Choice(
+            result.chosen[workload.name][name] = ChosenSetting(
                 name, study, index, trial.point, trial.lr, median_time, edge_of(params, trial.lr)
             )
     budgets = np.array([w.epochs for w in tuned], dtype=np.float64)
@@ -477,12 +477,12 @@ def _select(params: ComparisonParams, result: TuningResult, tuned: Sequence[Work
             targets,
         )
         trial = result.trials[stacked[0][study * plan.trials + index]]
-        result.held_out_choice[name] = Choice(
+        result.held_out_choice[name] = ChosenSetting(
             name, study, index, trial.point, trial.lr, math.nan, edge_of(params, trial.lr)
         )
 
 
-def chosen_for(result: TuningResult, workload: Workload) -> dict[str, Choice]:
+def chosen_for(result: TuningResult, workload: Workload) -> dict[str, ChosenSetting]:
     """Each schedule's setting on a workload: its own choice, or the held-out one."""
     if workload.held_out:
         return result.held_out_choice
@@ -493,7 +493,7 @@ def rerun_workload(
     params: ComparisonParams,
     workload: Workload,
     splits: Splits,
-    chosen: Mapping[str, Choice],
+    chosen: Mapping[str, ChosenSetting],
     device: str,
     progress: Progress,
 ) -> tuple[list[Rerun], dict[str, np.ndarray], dict[str, Any]]:
@@ -529,7 +529,7 @@ def rerun_workload(
         )
     test = {"test_target": test_target, "test_how": how}
     times = curves.times(test_target)
-    accuracies = test_accuracies(batch, splits.test)
+    accuracies = accuracies_on(batch, splits.test)
     reruns, rates = [], {}
     for row, (name, seed) in enumerate(owners):
         if seed == seeds[0]:
@@ -541,7 +541,7 @@ def rerun_workload(
     return reruns, rates, test
 
 
-def test_accuracies(batch: BatchResult, test: Dataset) -> np.ndarray:
+def accuracies_on(batch: BatchResult, test: Dataset) -> np.ndarray:
     """Each replicate's accuracy on ``test``, with the training's portable arithmetic."""
     x, y = tensors(test, torch.device("cpu"))
     names = list(batch.state_dicts[0])
@@ -550,109 +550,3 @@ def test_accuracies(batch: BatchResult, test: Dataset) -> np.ndarray:
         logits = stacked_logits(weights, x)
     correct = (logits.argmax(dim=-1) == y).sum(dim=-1).numpy()
     return correct.astype(np.float64) / len(y)
-
-
-def median_interval(
-    values: np.ndarray, rng: np.random.Generator, draws: int, level: float = 0.95
-) -> tuple[float, float, float]:
-    """The median and a percentile-bootstrap interval of it (infinite times stay infinite)."""
-    values = np.asarray(values, dtype=np.float64)
-    resampled = np.median(rng.choice(values, size=(draws, len(values)), replace=True), axis=1)
-    low, high = np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2], method="lower")
-    return float(np.median(values)), float(low), float(high)
-
-
-def _test_scores(
-    result: TuningResult, schedules: Sequence[str], rng: np.random.Generator, bootstrap: int
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Per workload and schedule: the re-runs' median time to the test target with its
-    bootstrap interval, the share that reached it, and test loss and accuracy with their 95%
-    half-widths. ``rng`` is drawn from in workload, then schedule order."""
-    test: dict[str, dict[str, dict[str, float]]] = {}
-    for w in result.workloads:
-        test[w.name] = {}
-        for s in schedules:
-            runs = [r for r in result.reruns if r.workload == w.name and r.schedule == s]
-            times = np.array([r.time for r in runs])
-            median, low, high = median_interval(times, rng, bootstrap)
-            loss, loss_half = scoring.confidence_interval([r.final_loss for r in runs])
-            accuracy, accuracy_half = scoring.confidence_interval([r.accuracy for r in runs])
-            test[w.name][s] = {
-                "median_time": median,
-                "time_low": low,
-                "time_high": high,
-                "reached": float(np.isfinite(times).mean()),
-                "test_loss": loss,
-                "test_loss_half": loss_half,
-                "test_accuracy": accuracy,
-                "test_accuracy_half": accuracy_half,
-            }
-    return test
-
-
-def _budget_curves(
-    result: TuningResult, tuned: Sequence[str], schedules: Sequence[str], ks: list[int]
-) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """Per tuned workload and schedule: the expected best time and loss after k trials."""
-    budget: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for name in tuned:
-        budget[name] = {}
-        for s in schedules:
-            rows = result.rows(s, name)
-            reached, best_time = scoring.expected_best_after_k_exact(result.times[rows], ks)
-            _, best_loss = scoring.expected_best_after_k_exact(result.best_losses[rows], ks)
-            budget[name][s] = {
-                "reached": reached.tolist(),
-                "best_time": best_time.tolist(),
-                "best_loss": best_loss.tolist(),
-            }
-    return budget
-
-
-def score(params: ComparisonParams, result: TuningResult) -> dict[str, Any]:
-    """Every number the report, the figures, MLflow and ``dvc metrics`` show."""
-    plan, tuning = params.search, params.tuning
-    schedules = list(plan.spaces)
-    tuned = [w.name for w in result.workloads if not w.held_out]
-    held_out = [w.name for w in result.workloads if w.held_out]
-    taus = np.linspace(1.0, tuning.r_max, 100)
-
-    validation_times = {s: {w: result.chosen[w][s].median_time for w in tuned} for s in schedules}
-    validation_ratios = scoring.ratios(validation_times)
-    rng = np.random.default_rng(plan.seed)
-    test = _test_scores(result, schedules, rng, tuning.bootstrap)
-    test_times = {s: {w: test[w][s]["median_time"] for w in tuned} for s in schedules}
-    test_ratios = scoring.ratios(test_times)
-    held_ratios = (
-        scoring.ratios({s: {w: test[w][s]["median_time"] for w in held_out} for s in schedules})
-        if held_out
-        else {s: {} for s in schedules}
-    )
-    ks = list(range(1, plan.trials * plan.studies + 1))
-    budget = _budget_curves(result, tuned, schedules, ks)
-    return {
-        "schedules": schedules,
-        "tuned": tuned,
-        "held_out": held_out,
-        "validation_times": validation_times,
-        "validation_ratios": validation_ratios,
-        "taus": taus.tolist(),
-        "profiles": {
-            s: v.tolist() for s, v in scoring.performance_profile(validation_ratios, taus).items()
-        },
-        "benchmark_score": scoring.benchmark_score(validation_ratios, tuning.r_max),
-        "test": test,
-        "test_ratios": test_ratios,
-        "test_benchmark_score": scoring.benchmark_score(test_ratios, tuning.r_max),
-        "held_out_ratios": held_ratios,
-        "budget_ks": ks,
-        "budget": budget,
-        "edges": sorted(
-            [f"{s} on {w}" for w in tuned for s in schedules if result.chosen[w][s].at_edge]
-            + [
-                f"{s} on held-out workloads"
-                for s, c in result.held_out_choice.items()
-                if c.at_edge and held_out
-            ]
-        ),
-    }

@@ -1,4 +1,4 @@
-"""Atomic file output and content hashes.
+"""Atomic file output, CSV text and content hashes.
 
 A stage killed halfway must never leave a file that DVC or a later stage would trust, so every
 output is written beside its destination and renamed into place (``os.replace`` is atomic on
@@ -8,12 +8,14 @@ POSIX within one file system).
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
 import hashlib
+import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 
@@ -62,6 +64,18 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def csv_text(header: Sequence[object], rows: Iterable[Sequence[object]]) -> str:
+    """A CSV document with Unix line ends, whatever the platform: the same rows, the same bytes.
+
+    Values are written with ``str()``; a float that must read back exactly is passed as its
+    ``repr()``, the shortest text that does."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def write_text(path: str | Path, text: str) -> None:

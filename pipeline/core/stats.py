@@ -1,32 +1,69 @@
-"""Over seeds: means with 95% intervals, steps to a target loss, a paired test, a ranking."""
+"""Over seeds: intervals (mean, median), updates to a target loss, a paired test, a ranking."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from scipy.special import stdtrit  # Student t quantiles; scipy.stats.t.ppf calls it too
 
 CONFIDENCE = 0.95
+FloatArray = npt.NDArray[np.float64]
 
 
-def mean_interval(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and the half-width of its Student-t 95% interval (NaN with a single seed)."""
+def mean_interval(
+    values: npt.ArrayLike, axis: int = 0, level: float = CONFIDENCE
+) -> tuple[FloatArray, FloatArray]:
+    """Mean and the half-width of its Student-t interval at ``level`` (NaN with one value).
+
+    The formula of ``scipy.stats.t.interval`` with ``scale=scipy.stats.sem(values)``; 0-d
+    arrays for 1-D ``values``."""
     values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 0 or values.shape[axis] == 0:
+        raise ValueError("values must have at least one entry along the axis")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
     count = values.shape[axis]
     mean = values.mean(axis=axis)
     if count < 2:
         return mean, np.full_like(mean, np.nan)
     spread = values.std(axis=axis, ddof=1) / np.sqrt(count)
-    return mean, stdtrit(count - 1, (1 + CONFIDENCE) / 2) * spread
+    return mean, stdtrit(count - 1, (1 + level) / 2) * spread
 
 
-def steps_to(losses: np.ndarray, target: float) -> np.ndarray:
-    """Per run, the first step whose loss is at or below ``target`` (NaN if never)."""
-    reached = np.asarray(losses) <= target
-    first = reached.argmax(axis=-1).astype(np.float64)
-    first[~reached.any(axis=-1)] = np.nan
-    return first
+def median_interval(
+    values: npt.ArrayLike, rng: np.random.Generator, draws: int, level: float = CONFIDENCE
+) -> tuple[float, float, float]:
+    """The median and a percentile-bootstrap interval of it (infinite times stay infinite)."""
+    values = np.asarray(values, dtype=np.float64)
+    resampled = np.median(rng.choice(values, size=(draws, len(values)), replace=True), axis=1)
+    low, high = np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2], method="lower")
+    return float(np.median(values)), float(low), float(high)
+
+
+def time_to_target(losses: npt.ArrayLike, target: float, first: int = 1) -> FloatArray:
+    """Updates until the loss first is at or below ``target``; ``inf`` where it never is.
+
+    ``losses`` has shape (..., steps) and the result shape (...), as floats. ``first`` is the
+    number of updates done when ``losses[..., 0]`` was measured: 1 where each loss follows its
+    update (a validation loss, AlgoPerf's convention), 0 where it precedes it (the training
+    loss of an update's own forward pass). "At or below" follows AlgoPerf's ``operator.le``
+    for minimised metrics (``get_best_trial_index``); a NaN loss (a diverged run) never counts
+    as reached, as in AlgoPerf, where the comparison with NaN is false.
+    """
+    values = np.asarray(losses, dtype=np.float64)
+    if values.ndim == 0:
+        raise ValueError("losses needs a steps axis (its last axis)")
+    if math.isnan(target):
+        raise ValueError("target is NaN")
+    if values.shape[-1] == 0:
+        return np.full(values.shape[:-1], np.inf)
+    reached = values <= target
+    counts = reached.argmax(axis=-1).astype(np.float64) + float(first)
+    result: FloatArray = np.where(reached.any(axis=-1), counts, np.inf)
+    return result
 
 
 def wilcoxon_p(differences: np.ndarray, method: str = "auto") -> float:
@@ -81,8 +118,8 @@ def rank(
     adjusted = _holm(raw_p)
     rows = []
     for position, name in enumerate(names, start=1):
-        steps = steps_to(losses[name], target_loss)
-        reached = steps[~np.isnan(steps)]
+        steps = time_to_target(losses[name], target_loss, first=0)
+        reached = steps[np.isfinite(steps)]
         p_value = adjusted.get(name)
         rows.append(
             Ranked(

@@ -30,8 +30,8 @@ from typing import Any, Protocol
 
 from pipeline.config.params import ExecutionParams, Params
 from pipeline.engines import units
+from pipeline.engines.units import Progress
 
-Progress = Callable[[int], None]
 PACKAGE = Path(__file__).resolve().parent
 CONNECT_TIMEOUT_S = 5.0  # an unreachable head is reported within this, before any work
 RETRIES = 3  # each unit, when its worker or node dies (a unit that raises is not retried)

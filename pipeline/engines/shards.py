@@ -8,12 +8,13 @@ what trains where. Replicates are dealt round-robin: the schedules that cost mor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.config.params import Params
+from pipeline.engines.units import Progress
 from pipeline.problems.data import Dataset
 from pipeline.trainer.batched import BatchResult, Replicate, replicate_finals, train_batch
 
@@ -54,7 +55,7 @@ def train_shard(
     datasets: Mapping[tuple[int, float], Dataset],
     test_sets: Mapping[float, Dataset],
     device: str,
-    progress: Callable[[int], None],
+    progress: Progress,
 ) -> ShardResult:
     """One shard as one batch, and each replicate's final metrics (the driver would otherwise
     compute them one by one); ``progress`` counts replicate-updates."""

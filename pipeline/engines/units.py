@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+#: Called with the number of run-updates just done (an increment, not a running total).
 Progress = Callable[[int], None]
 _REPORT_EVERY_S = 0.2  # how often a worker sends its count: a few messages a second
 _queue: Any = None  # in a worker: where its progress goes

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,14 +37,12 @@ def write_sets(datasets: dict[tuple[int, float], Dataset], path: str | Path) -> 
     Floats are written with repr(): the shortest text that reads back to the same float, so the
     files are exact and byte-stable.
     """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(SET_KEYS + HEADER)
-    for (seed, noise), dataset in datasets.items():
-        pairs = zip(dataset.features.tolist(), dataset.labels.tolist(), strict=True)
-        for (x1, x2), label in pairs:
-            writer.writerow((seed, repr(noise), repr(x1), repr(x2), label))
-    files.write_text(path, buffer.getvalue())
+    rows = (
+        (seed, repr(noise), repr(x1), repr(x2), label)
+        for (seed, noise), dataset in datasets.items()
+        for (x1, x2), label in zip(dataset.features.tolist(), dataset.labels.tolist(), strict=True)
+    )
+    files.write_text(path, files.csv_text(SET_KEYS + HEADER, rows))
 
 
 def read_sets(path: str | Path) -> dict[tuple[int, float], Dataset]:

@@ -86,8 +86,6 @@ of one workload share points: validation and test are then no independent sample
 from __future__ import annotations
 
 import csv
-import hashlib
-import io
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +106,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from pipeline.core import files
+from pipeline.core.seeds import name_words
 from pipeline.core.validation import RUN_NAME, Frozen, raise_problems
 from pipeline.problems.data import Dataset
 
@@ -296,9 +295,8 @@ def split_seed(name: str, split: Split, seed: int) -> np.random.SeedSequence:
     and the sha256 of the name in its spawn key (Python's hash() changes from run to run)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
         raise ValueError(f"seed: got {seed!r}; must be a whole number, 0 <= seed < 2**64")
-    digest = hashlib.sha256(name.encode()).digest()
-    name_words = [int.from_bytes(digest[i : i + 4], "big") for i in range(0, len(digest), 4)]
-    return np.random.SeedSequence(seed, spawn_key=(_DOMAIN, SPLITS.index(split), *name_words))
+    words = name_words(name, 8, "big")
+    return np.random.SeedSequence(seed, spawn_key=(_DOMAIN, SPLITS.index(split), *words))
 
 
 def draw(workload: Workload, split: Split, seed: int) -> Dataset:
@@ -381,15 +379,13 @@ def generate_all(workloads: Sequence[Workload], seed: int) -> dict[str, Splits]:
 def write_splits(data: Mapping[str, Splits], path: str | Path) -> None:
     """Several workloads' splits in one CSV, ``workload,split,x1,x2,label``; floats with repr(),
     the shortest text that reads back to the same float: exact and byte-stable."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(HEADER)
-    for name, splits in data.items():
-        for split, dataset in splits.items():
-            pairs = zip(dataset.features.tolist(), dataset.labels.tolist(), strict=True)
-            for (x1, x2), label in pairs:
-                writer.writerow((name, split, repr(x1), repr(x2), label))
-    files.write_text(path, buffer.getvalue())
+    rows = (
+        (name, split, repr(x1), repr(x2), label)
+        for name, splits in data.items()
+        for split, dataset in splits.items()
+        for (x1, x2), label in zip(dataset.features.tolist(), dataset.labels.tolist(), strict=True)
+    )
+    files.write_text(path, files.csv_text(HEADER, rows))
 
 
 def read_splits(path: str | Path) -> dict[str, Splits]:

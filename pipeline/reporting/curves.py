@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,26 +37,22 @@ def _across_seeds(rates: np.ndarray) -> np.ndarray:
 
 
 def to_csv(named: dict[str, np.ndarray]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["step", *named])
     columns = [values.tolist() for values in named.values()]
-    for step, row in enumerate(zip(*columns, strict=True)):
-        writer.writerow([step, *map(repr, row)])
-    return buffer.getvalue()
+    rows = ([step, *map(repr, row)] for step, row in enumerate(zip(*columns, strict=True)))
+    return files.csv_text(["step", *named], rows)
 
 
 def long_table(results: list[RunResult]) -> str:
     """Every run in one table, ``step,scheduler,lr,loss``: DVC draws a line per scheduler."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["step", "scheduler", "lr", "loss"])
-    for result in results:
+
+    def rows(result: RunResult) -> Iterator[list[object]]:
         named = series(result)
         rates, losses = named["lr"].tolist(), named["loss"].tolist()
         for step, (rate, loss) in enumerate(zip(rates, losses, strict=True)):
-            writer.writerow([step, result.name, repr(rate), repr(loss)])
-    return buffer.getvalue()
+            yield [step, result.name, repr(rate), repr(loss)]
+
+    every = (row for result in results for row in rows(result))
+    return files.csv_text(["step", "scheduler", "lr", "loss"], every)
 
 
 def write(result: RunResult, folder: Path) -> Path:

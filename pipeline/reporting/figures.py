@@ -221,7 +221,7 @@ def _seed_points(
     """One row per run: each seed a dot, the mean with its 95% interval a black diamond.
 
     ``schedules`` maps a run to its schedule, so that a schedule has one color across a grid.
-    NaN values (a seed that never got there) are left out of the mean and counted instead.
+    Infinite values (a seed that never got there) are left out of the mean and counted instead.
     """
     from pipeline.core.stats import mean_interval
 
@@ -232,6 +232,7 @@ def _seed_points(
     jitter = np.random.default_rng(0)  # fixed: the same inputs give the same picture
     for position, name in enumerate(names):
         values, color = np.asarray(per_seed[name], dtype=float), palette[schedules[name]]
+        values = np.where(np.isfinite(values), values, np.nan)  # matplotlib skips NaN points
         offsets = jitter.uniform(-0.18, 0.18, len(values)) if len(values) > 1 else np.zeros(1)
         axes.scatter(values, position + offsets, s=10, color=color, alpha=0.35)
         reached = values[~np.isnan(values)]
@@ -260,7 +261,7 @@ def _title(what: str, seeds: int) -> str:
     return f"{what}: dots are seeds, diamonds the mean of {seeds} with its 95% interval"
 
 
-def test_accuracy(
+def accuracy_per_seed(
     per_seed: Mapping[str, np.ndarray], schedules: Mapping[str, str] | None = None
 ) -> Figure:
     """Final test accuracy per run, seed by seed, with the mean and its 95% interval."""
@@ -281,7 +282,7 @@ def steps_to_target(
     epochs: int,
     schedules: Mapping[str, str] | None = None,
 ) -> Figure:
-    """Updates until the training loss first reaches ``target``, per run and seed (NaN: never).
+    """Updates until the training loss first reaches ``target``, per run and seed (inf: never).
 
     The axis ends at ``epochs``: an interval of few seeds can reach past it, and is cut there.
     """

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config.params import Params
-from pipeline.core.stats import steps_to, wilcoxon_p
+from pipeline.core.stats import time_to_target, wilcoxon_p
+from pipeline.reporting.claims import (
+    DECAY_GETS_BOTH,
+    GROWING_BATCH,
+    LARGE_VERSUS_SMALL,
+    Claim,
+    capped,
+    is_decaying,
+)
 from pipeline.trainer.results import RunResult
 
 SUPPORTS, CONTRADICTS, INCONCLUSIVE = "supports", "contradicts", "inconclusive"
@@ -50,13 +58,6 @@ class Comparison:
             f"{self.measure}: {self.better} {self.better_mean:.4g} {sign} {self.worse} "
             f"{self.worse_mean:.4g} ({test}): {self.outcome}"
         )
-
-
-@dataclass(frozen=True)
-class Claim:
-    text: str
-    verdict: str  # "held", "did not hold", "inconclusive", "not tested"
-    evidence: tuple[str, ...]
 
 
 def compare(measure: str, better: RunResult, worse: RunResult, values, alpha: float) -> Comparison:
@@ -95,8 +96,9 @@ def check_claims(results: list[RunResult], params: Params) -> list[Claim]:
     analysis, epochs = params.analysis, params.train.epochs
 
     def speed(result: RunResult) -> np.ndarray:
-        steps = steps_to(result.losses, analysis.target_loss)
-        return np.where(np.isnan(steps), epochs, steps)
+        # A training loss precedes its update: 0 to epochs - 1 updates when reached.
+        steps = time_to_target(result.losses, analysis.target_loss, first=0)
+        return capped(steps, last=epochs - 1)
 
     def precision(result: RunResult) -> np.ndarray:
         return result.finals["final_loss"]
@@ -108,9 +110,7 @@ def check_claims(results: list[RunResult], params: Params) -> list[Claim]:
             spec = params.schedule(result.schedule)
             if result.noise != noise:
                 continue
-            if (kind and spec.type == kind) or (
-                decay and spec.type not in ("constant", "batch_size")
-            ):
+            if (kind and spec.type == kind) or (decay and is_decaying(spec.type)):
                 chosen.append(result)
         return chosen
 
@@ -128,7 +128,7 @@ def check_claims(results: list[RunResult], params: Params) -> list[Claim]:
 def _large_versus_small(
     constants: list[RunResult], speed: Measure, precision: Measure, target: float, alpha: float
 ) -> Claim:
-    text = "A large rate is fast but imprecise; a small one is precise but slow."
+    text = LARGE_VERSUS_SMALL
     if len(constants) < 2:
         return Claim(
             text,
@@ -153,7 +153,7 @@ def _decay_gets_both(
     precision: Measure,
     alpha: float,
 ) -> Claim:
-    text = "Decaying the rate gets both: the speed of a large rate and a small rate's precision."
+    text = DECAY_GETS_BOTH
     if baseline is None or not decays:
         return Claim(text, "not tested", ("needs a constant and a decaying schedule",))
     evidence, holding, tested = [], [], True
@@ -187,7 +187,7 @@ def _growing_batch(
     precision: Measure,
     alpha: float,
 ) -> Claim:
-    text = "Growing the batch size has an effect similar to decaying the rate."
+    text = GROWING_BATCH
     if baseline is None or not batches or not decays:
         return Claim(
             text, "not tested", ("needs a batch_size, a constant and a decaying schedule",)

@@ -1,6 +1,6 @@
 """Figures of the ``tune`` stage: the schedules compared after equal tuning.
 
-Four PNGs, drawn from :func:`pipeline.comparison.tuning.score`'s dict and the chosen settings'
+Four PNGs, drawn from the :class:`~pipeline.comparison.scores.Scores` and the chosen settings'
 rates:
 
 - ``profiles.png``: performance profiles on validation, with each schedule's benchmark score;
@@ -8,7 +8,7 @@ rates:
 - ``chosen_rates.png``: the learning rate of each update of every chosen setting;
 - ``test_times.png``: the re-runs' median updates to the target on the test set, with intervals.
 
-A schedule has one colour in all four (its place in ``scores["schedules"]``), and the bytes
+A schedule has one colour in all four (its place in ``scores.schedules``), and the bytes
 depend on the inputs only (:func:`pipeline.reporting.figures.png_bytes`), so DVC sees no change
 on a rerun.
 """
@@ -33,9 +33,9 @@ from pipeline.core import files
 from pipeline.reporting.figures import Renderer, _colors
 
 if TYPE_CHECKING:  # only for the annotations: the figures need no torch
+    from pipeline.comparison.scores import RerunScore, Scores
     from pipeline.comparison.tuning import TuningResult
 
-Scores = Mapping[str, Any]
 Style = dict[str, Any]  # keyword arguments of a schedule's line: colour and dashes
 
 FILES = ("profiles.png", "budget_curves.png", "chosen_rates.png", "test_times.png")
@@ -45,17 +45,17 @@ def write_all(params: Any, result: TuningResult, scores: Scores, folder: Path) -
     """Write the four figures into ``folder`` (created if missing); returns their paths.
 
     ``params`` is accepted for the stage's sake but not read: r_max is the last of
-    ``scores["taus"]``, so the figures cannot disagree with the scores they show.
+    ``scores.taus``, so the figures cannot disagree with the scores they show.
     """
     del params
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    styles = schedule_styles(scores["schedules"])
+    styles = schedule_styles(scores.schedules)
     draw: dict[str, Callable[[], Figure]] = {
         "profiles.png": lambda: profiles(scores, styles),
         "budget_curves.png": lambda: budget_curves(result, scores, styles),
         "chosen_rates.png": lambda: chosen_rates(result, scores, styles),
-        "test_times.png": lambda: test_times(result, scores, styles),
+        "test_times.png": lambda: rerun_times(result, scores, styles),
     }
     with Renderer(draw) as renderer:  # in forked processes, one figure each: about 2 s apiece
         pngs = renderer.results()
@@ -118,18 +118,18 @@ def _figure_legend(figure: Figure, axes: Axes, title: str | None = None) -> None
 
 def profiles(scores: Scores, styles: Mapping[str, Style]) -> Figure:
     """Share of tuned workloads on which each schedule is within a factor tau of the fastest."""
-    taus = np.asarray(scores["taus"], dtype=np.float64)
-    benchmark = scores["benchmark_score"]
+    taus = np.asarray(scores.taus, dtype=np.float64)
+    benchmark = scores.benchmark_score
     # Best first: the legend reads as a ranking (ties keep the schedules' order).
-    ranked = sorted(scores["schedules"], key=lambda s: -_finite_or(benchmark[s], -1.0))
+    ranked = sorted(scores.schedules, key=lambda s: -_finite_or(benchmark[s], -1.0))
     figure, axes = plt.subplots(figsize=(10, 6), layout="constrained")
     widths = np.linspace(4.0, 1.2, len(ranked)) if len(ranked) > 1 else [1.8]
     for order, (name, width) in enumerate(zip(ranked, widths, strict=True)):
         # Equal profiles lie on top of each other: each is drawn thinner than the one below, so
         # that every colour stays visible along a shared stretch.
-        axes.step(taus, scores["profiles"][name], where="post", label=_scored(name, benchmark),
+        axes.step(taus, scores.profiles[name], where="post", label=_scored(name, benchmark),
                   linewidth=width, zorder=2 + order, alpha=0.9, **styles[name])  # fmt: skip
-    count = len(scores["tuned"])
+    count = len(scores.tuned)
     if 0 < count <= 10:  # a profile only takes the values k/n: say so on the axis
         axes.set_yticks(np.arange(count + 1) / count, [f"{k}/{count}" for k in range(count + 1)])
     axes.set(
@@ -154,13 +154,13 @@ def _scored(name: str, benchmark: Mapping[str, float]) -> str:
 
 def budget_curves(result: TuningResult, scores: Scores, styles: Mapping[str, Style]) -> Figure:
     """Per tuned workload: the expected best validation loss after k trials, per schedule."""
-    ks = np.asarray(scores["budget_ks"], dtype=np.float64)
-    workloads = _panel_order(result, scores["tuned"])
+    ks = np.asarray(scores.budget_ks, dtype=np.float64)
+    workloads = _panel_order(result, scores.tuned)
     figure, panes = _grid(max(len(workloads), 1), 4.2, 3.4)
     for axes, workload in zip(panes, workloads, strict=False):
-        table = scores["budget"][workload.name]
-        for name in scores["schedules"]:
-            axes.plot(ks, _positive(table[name]["best_loss"]), label=name, linewidth=1.4,
+        table = scores.budget[workload.name]
+        for name in scores.schedules:
+            axes.plot(ks, _positive(table[name].best_loss), label=name, linewidth=1.4,
                       **styles[name])  # fmt: skip
         target = result.targets[workload.name]["target"]
         axes.axhline(target, color="black", linestyle=(0, (2, 2)), linewidth=1.0, label="target")
@@ -182,7 +182,7 @@ def chosen_rates(result: TuningResult, scores: Scores, styles: Mapping[str, Styl
     figure, panes = _grid(max(len(workloads), 1), 4.2, 3.4)
     for axes, workload in zip(panes, workloads, strict=False):
         rates = result.chosen_rates[workload.name]
-        for name in scores["schedules"]:
+        for name in scores.schedules:
             if name not in rates:
                 continue
             values = _positive(rates[name])  # a rate of 0 (warm-up start) has no log position
@@ -196,17 +196,17 @@ def chosen_rates(result: TuningResult, scores: Scores, styles: Mapping[str, Styl
     return figure
 
 
-def test_times(result: TuningResult, scores: Scores, styles: Mapping[str, Style]) -> Figure:
+def rerun_times(result: TuningResult, scores: Scores, styles: Mapping[str, Style]) -> Figure:
     """Per workload: median test-set updates to the target over the re-runs, with the 95%
     bootstrap interval; a schedule whose median never got there says "never" at the budget."""
-    schedules = list(scores["schedules"])
-    workloads = _panel_order(result, list(scores["test"]))
+    schedules = list(scores.schedules)
+    workloads = _panel_order(result, list(scores.test))
     figure, panes = _grid(max(len(workloads), 1), 4.4, 0.3 * len(schedules) + 1.0, sharey=True)
     positions = np.arange(len(schedules))
     for axes, workload in zip(panes, workloads, strict=False):
         budget = float(workload.epochs)
         for row, name in zip(positions, schedules, strict=True):
-            _time_row(axes, float(row), scores["test"][workload.name][name], budget, styles[name])
+            _time_row(axes, float(row), scores.test[workload.name][name], budget, styles[name])
         target = result.targets[workload.name]["test_target"]
         axes.set(title=f"{_title(workload)}\ntarget {target:.3g}", xlim=(0, budget),
                  xlabel="test-set updates to the target")  # fmt: skip
@@ -220,12 +220,10 @@ def test_times(result: TuningResult, scores: Scores, styles: Mapping[str, Style]
     return figure
 
 
-def _time_row(
-    axes: Axes, row: float, entry: Mapping[str, float], budget: float, style: Style
-) -> None:
+def _time_row(axes: Axes, row: float, entry: RerunScore, budget: float, style: Style) -> None:
     """One schedule on one workload: a dot at the median, a line over the interval, and a
     word at the budget where not every re-run reached the target."""
-    median, low, high = (float(entry[k]) for k in ("median_time", "time_low", "time_high"))
+    median, low, high = entry.median_time, entry.time_low, entry.time_high
     color = style["color"]
     if math.isfinite(low):  # the interval, cut at the budget (its end may be inf: never)
         axes.plot([low, min(high, budget)], [row, row], color=color, linewidth=2.2,
@@ -235,7 +233,7 @@ def _time_row(
     if math.isfinite(median):
         axes.plot([median], [row], marker="o", color=color, markersize=6,
                   markeredgecolor="black", markeredgewidth=0.6)  # fmt: skip
-    reached = float(entry.get("reached", 1.0 if math.isfinite(median) else 0.0))
+    reached = entry.reached
     if not math.isfinite(median):
         text = "never" if reached == 0 else f"never (median; {reached:.0%} reached)"
     elif reached < 1:

@@ -17,14 +17,19 @@ from typing import Any
 import numpy as np
 
 from pipeline.comparison.plan import ComparisonParams
+from pipeline.comparison.scores import RerunScore, Scores
 from pipeline.comparison.tuning import TuningResult, chosen_for
 from pipeline.core import stats
-
-CLAIMS = (
-    "A large rate is fast but imprecise; a small one is precise but slow.",
-    "Decaying the rate gets both: the speed of a large rate and a small rate's precision.",
-    "Growing the batch size has an effect similar to decaying the rate.",
+from pipeline.reporting.claims import (
+    CLAIMS,
+    DECAY_GETS_BOTH,
+    GROWING_BATCH,
+    LARGE_VERSUS_SMALL,
+    Claim,
+    capped,
+    is_decaying,
 )
+
 FIGURES = ("profiles.png", "budget_curves.png", "chosen_rates.png", "test_times.png")
 
 
@@ -42,9 +47,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: int = 1)
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def markdown(params: ComparisonParams, result: TuningResult, scores: dict[str, Any]) -> str:
+def markdown(params: ComparisonParams, result: TuningResult, scores: Scores) -> str:
     plan, tuning = params.search, params.tuning
-    schedules, tuned, held = scores["schedules"], scores["tuned"], scores["held_out"]
+    schedules, tuned, held = scores.schedules, scores.tuned, scores.held_out
     lines = [
         "# Schedules compared after equal tuning",
         "",
@@ -74,16 +79,16 @@ def markdown(params: ComparisonParams, result: TuningResult, scores: dict[str, A
     return "\n".join(lines) + "\n"
 
 
-def _scores_table(scores: dict[str, Any]) -> list[str]:
-    schedules, tuned = scores["schedules"], scores["tuned"]
+def _scores_table(scores: Scores) -> list[str]:
+    schedules, tuned = scores.schedules, scores.tuned
     lines: list[str] = []
-    order = sorted(schedules, key=lambda s: (-scores["benchmark_score"][s], s))
+    order = sorted(schedules, key=lambda s: (-scores.benchmark_score[s], s))
     header = ["schedule", "score (validation)", "score (test re-runs)"]
     header += [f"ratio on {w}" for w in tuned]
     rows = []
     for s in order:
-        row = [s, f"{scores['benchmark_score'][s]:.3f}", f"{scores['test_benchmark_score'][s]:.3f}"]
-        row += [_ratio(scores["validation_ratios"][s][w]) for w in tuned]
+        row = [s, f"{scores.benchmark_score[s]:.3f}", f"{scores.test_benchmark_score[s]:.3f}"]
+        row += [_ratio(scores.validation_ratios[s][w]) for w in tuned]
         rows.append(row)
     lines += _table(header, rows)
     return lines
@@ -116,8 +121,8 @@ def _targets_section(params: ComparisonParams, result: TuningResult) -> list[str
     return lines
 
 
-def _test_section(result: TuningResult, scores: dict[str, Any]) -> list[str]:
-    schedules = scores["schedules"]
+def _test_section(result: TuningResult, scores: Scores) -> list[str]:
+    schedules = scores.schedules
     budgets = {w.name: w.epochs for w in result.workloads}
     lines: list[str] = []
     lines += [
@@ -135,16 +140,15 @@ def _test_section(result: TuningResult, scores: dict[str, Any]) -> list[str]:
         )
         lines += [f"### {title}", ""]
         rows = []
-        for s in sorted(schedules, key=lambda s: _order(scores["test"][w.name][s])):
-            cell = scores["test"][w.name][s]
+        for s in sorted(schedules, key=lambda s: _order(scores.test[w.name][s])):
+            cell = scores.test[w.name][s]
             rows.append(
                 [
                     s,
-                    f"{_time(cell['median_time'])} [{_time(cell['time_low'])},"
-                    f" {_time(cell['time_high'])}]",
-                    f"{cell['reached']:.0%}",
-                    f"{cell['test_loss']:.4f} ± {_number(cell['test_loss_half'], 2)}",
-                    f"{cell['test_accuracy']:.3f} ± {_number(cell['test_accuracy_half'], 2)}",
+                    f"{_time(cell.median_time)} [{_time(cell.time_low)}, {_time(cell.time_high)}]",
+                    f"{cell.reached:.0%}",
+                    f"{cell.test_loss:.4f} ± {_number(cell.test_loss_half, 2)}",
+                    f"{cell.test_accuracy:.3f} ± {_number(cell.test_accuracy_half, 2)}",
                 ]
             )
         lines += _table(
@@ -156,10 +160,8 @@ def _test_section(result: TuningResult, scores: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _chosen_section(
-    params: ComparisonParams, result: TuningResult, scores: dict[str, Any]
-) -> list[str]:
-    tuning, schedules = params.tuning, scores["schedules"]
+def _chosen_section(params: ComparisonParams, result: TuningResult, scores: Scores) -> list[str]:
+    tuning, schedules = params.tuning, scores.schedules
     lines: list[str] = []
     lines += ["## Chosen peak rates", ""]
     rows = []
@@ -174,10 +176,10 @@ def _chosen_section(
         rows,
     )
     lines += [""]
-    if scores["edges"]:
+    if scores.edges:
         lines += [
             f"At an edge of the rate's range (within {tuning.edge:.0%} of its log width): "
-            + ", ".join(scores["edges"])
+            + ", ".join(scores.edges)
             + ". The range may be cutting off the best rate: widen `search.lr`.",
             "",
         ]
@@ -190,12 +192,12 @@ def _ratio(value: float) -> str:
     return f"{value:.2f}" if math.isfinite(value) else "never"
 
 
-def _order(cell: dict[str, float]) -> tuple[float, float]:
-    return (cell["median_time"], cell["test_loss"])
+def _order(cell: RerunScore) -> tuple[float, float]:
+    return (cell.median_time, cell.test_loss)
 
 
 def claims_markdown(
-    params: ComparisonParams, result: TuningResult, scores: dict[str, Any], level: int = 2
+    params: ComparisonParams, result: TuningResult, scores: Scores, level: int = 2
 ) -> str:
     """The tutorial's claims, re-tested on every workload after equal tuning."""
     verdicts = {w.name: check_claims(params, result, w.name) for w in result.workloads}
@@ -210,24 +212,23 @@ def claims_markdown(
     ]
     names = [w.name + (" (held out)" if w.held_out else "") for w in result.workloads]
     rows = [
-        [claim] + [verdicts[w.name][i][0] for w in result.workloads]
-        for i, claim in enumerate(CLAIMS)
+        [text] + [verdicts[w.name][i].verdict for w in result.workloads]
+        for i, text in enumerate(CLAIMS)
     ]
     lines += _table(["claim", *names], rows, right=len(names) + 1)
     lines.append("")
     for w in result.workloads:
         lines += [f"{head}# {w.name}", ""]
-        for claim, (verdict, evidence) in zip(CLAIMS, verdicts[w.name], strict=True):
-            lines.append(f"- {claim} **{verdict}**")
-            lines += [f"  - {line}" for line in evidence]
+        for claim in verdicts[w.name]:
+            lines.append(f"- {claim.text} **{claim.verdict}**")
+            lines += [f"  - {line}" for line in claim.evidence]
         lines.append("")
     return "\n".join(lines)
 
 
-def check_claims(
-    params: ComparisonParams, result: TuningResult, workload: str
-) -> list[tuple[str, list[str]]]:
-    """(verdict, evidence) for each of :data:`CLAIMS` on one workload."""
+def check_claims(params: ComparisonParams, result: TuningResult, workload: str) -> list[Claim]:
+    """Each of the tutorial's claims (:data:`~pipeline.reporting.claims.CLAIMS`), on one
+    workload."""
     return [
         _large_versus_small(params, result, workload),
         _decay_gets_both(params, result, workload),
@@ -235,9 +236,7 @@ def check_claims(
     ]
 
 
-def _large_versus_small(
-    params: ComparisonParams, result: TuningResult, workload: str
-) -> tuple[str, list[str]]:
+def _large_versus_small(params: ComparisonParams, result: TuningResult, workload: str) -> Claim:
     from scipy.stats import spearmanr
 
     reference = params.tuning.target.reference
@@ -246,12 +245,16 @@ def _large_versus_small(
         rows = result.rows(reference, workload, "target")
     spec_types = {result.trials[i].scheduler["type"] for i in rows}
     if spec_types != {"constant"}:
-        return "not tested", [f"needs a constant reference schedule, got {sorted(spec_types)}"]
+        return Claim(
+            LARGE_VERSUS_SMALL,
+            "not tested",
+            (f"needs a constant reference schedule, got {sorted(spec_types)}",),
+        )
     lrs = np.array([result.trials[i].lr for i in rows])
     times = result.times[rows]
     finals = result.final_losses[rows]
     budget = next(w.epochs for w in result.workloads if w.name == workload)
-    fast = spearmanr(lrs, np.where(np.isfinite(times), times, budget + 1))
+    fast = spearmanr(lrs, capped(times, last=budget))
     imprecise = spearmanr(lrs, np.where(np.isfinite(finals), finals, np.inf))
     alpha = params.analysis.alpha
     is_fast = fast.statistic < 0 and fast.pvalue < alpha
@@ -260,30 +263,32 @@ def _large_versus_small(
         "did not hold" if (fast.statistic > 0 and fast.pvalue < alpha)
         or (imprecise.statistic < 0 and imprecise.pvalue < alpha) else "inconclusive"
     )  # fmt: skip
-    return verdict, [
+    evidence = (
         f"over {len(rows)} constant-rate trials (validation): Spearman rho of the rate with the"
         f" updates to target {fast.statistic:.2f} (p = {fast.pvalue:.2g}; negative: larger is"
         f" faster), with the final loss {imprecise.statistic:.2f} (p = {imprecise.pvalue:.2g};"
         " positive: larger is less precise)"
-    ]
+    )
+    return Claim(LARGE_VERSUS_SMALL, verdict, (evidence,))
 
 
 def _paired(result: TuningResult, workload: str, schedule: str) -> dict[int, Any]:
     return {r.seed: r for r in result.reruns if r.workload == workload and r.schedule == schedule}
 
 
-def _decay_gets_both(
-    params: ComparisonParams, result: TuningResult, workload: str
-) -> tuple[str, list[str]]:
+def _decaying(params: ComparisonParams) -> list[str]:
     reference = params.tuning.target.reference
-    plan = params.search
-    decaying = [
-        name
-        for name, space in plan.spaces.items()
-        if name != reference and space.type not in ("constant", "batch_size")
-    ]
-    if not decaying or reference not in plan.spaces:
-        return "not tested", ["needs a constant schedule and decaying ones"]
+    spaces = params.search.spaces
+    return [name for name, space in spaces.items() if name != reference and is_decaying(space.type)]
+
+
+def _decay_gets_both(params: ComparisonParams, result: TuningResult, workload: str) -> Claim:
+    reference = params.tuning.target.reference
+    decaying = _decaying(params)
+    if not decaying or reference not in params.search.spaces:
+        return Claim(
+            DECAY_GETS_BOTH, "not tested", ("needs a constant schedule and decaying ones",)
+        )
     budget = next(w.epochs for w in result.workloads if w.name == workload)
     base = _paired(result, workload, reference)
     seeds = sorted(base)
@@ -292,8 +297,8 @@ def _decay_gets_both(
     for name in decaying:
         runs = _paired(result, workload, name)
         loss = np.array([runs[s].final_loss - base[s].final_loss for s in seeds])
-        time = np.array(
-            [_capped(runs[s].time, budget) - _capped(base[s].time, budget) for s in seeds]
+        time = capped([runs[s].time for s in seeds], budget) - capped(
+            [base[s].time for s in seeds], budget
         )
         # Normal approximation: the exact test's permutations cost seconds over 50 pairs.
         p_loss = stats.wilcoxon_p(loss, method="asymptotic")
@@ -307,25 +312,23 @@ def _decay_gets_both(
             f" target {time.mean():+.0f} (p = {p_time:.2g})"
         )
     verdict = f"held for {len(held)} of {len(decaying)}" + (f" ({', '.join(held)})" if held else "")
-    return verdict, evidence
+    return Claim(DECAY_GETS_BOTH, verdict, tuple(evidence))
 
 
-def _growing_batch(
-    params: ComparisonParams, result: TuningResult, workload: str
-) -> tuple[str, list[str]]:
+def _growing_batch(params: ComparisonParams, result: TuningResult, workload: str) -> Claim:
     """Similar: against the constant reference, growing the batch moves the test loss the way
     decaying the rate does on average, and significantly; the opposite way, significantly, is
     "did not hold"."""
     plan = params.search
     reference = params.tuning.target.reference
     growing = [name for name, space in plan.spaces.items() if space.type == "batch_size"]
-    decaying = [
-        name
-        for name, space in plan.spaces.items()
-        if name != reference and space.type not in ("constant", "batch_size")
-    ]
+    decaying = _decaying(params)
     if not growing or not decaying or reference not in plan.spaces:
-        return "not tested", ["needs a `batch_size` schedule, decaying ones and the reference"]
+        return Claim(
+            GROWING_BATCH,
+            "not tested",
+            ("needs a `batch_size` schedule, decaying ones and the reference",),
+        )
     base = _paired(result, workload, reference)
     seeds = sorted(base)
 
@@ -350,9 +353,4 @@ def _growing_batch(
         )
         evidence.append(f"{name} - {reference}: test loss {moved.mean():+.3g} (p = {p:.2g})")
     verdict = verdicts[0] if len(set(verdicts)) == 1 else ", ".join(verdicts)
-    return verdict, evidence
-
-
-def _capped(time: float, budget: int) -> float:
-    """A seed that never reached the target counts as one update past the budget."""
-    return time if math.isfinite(time) else budget + 1.0
+    return Claim(GROWING_BATCH, verdict, tuple(evidence))

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 class RunResult:
     """One named run (``params.Run``: a schedule at a grid point) over all its seeds.
 
-    ``final`` holds means over seeds (and ``*_ci95`` with several seeds).
+    ``finals`` holds each seed's final metrics; ``summary`` their means over seeds (and the
+    95% half-widths as ``*_ci95``, with several seeds).
     """
 
     name: str  # the run's name: the schedule's, with its grid point when there is a grid
@@ -37,7 +38,7 @@ class RunResult:
     batch_sizes: np.ndarray | None = None  # (epochs,), for a ``batch_size`` schedule
 
     @property
-    def final(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float]:
         summary: dict[str, float] = {}
         for key, values in self.finals.items():
             mean, half_width = mean_interval(values)
