@@ -23,7 +23,7 @@ from pipeline.problems.model import stacked_weights, weights_bytes
 from pipeline.reporting import curves, report
 from pipeline.tracking import store
 from pipeline.tracking.background import Reply, Tracker, failed_run_on_error
-from pipeline.trainer.batched import BatchResult, Replicate, run_results, train_batch
+from pipeline.trainer.batched import BatchResult, Replicate, Setup, run_results, train_batch
 from pipeline.trainer.results import RunResult
 from pipeline.trainer.runtime import make_deterministic
 
@@ -289,7 +289,7 @@ def _train(
     count = execution.train_shards(engine, params)
     if engine.name == "local" and count == 1:
         device = torch.device(engine.device)
-        batch = train_batch(replicates, params, train_sets, device, on_step=on_step)
+        batch = train_batch(replicates, Setup.of(params), train_sets, device, on_step=on_step)
         return batch, [execution.here()] * len(replicates)
     groups = shards.cut(len(replicates), count)
     keys = [(run.name, seed) for run in params.runs for seed in params.seeds]

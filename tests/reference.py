@@ -52,7 +52,7 @@ def train_reference(
     lr = params.train.lr
     if isinstance(lr, tuple):
         raise ValueError(f"train_reference trains at one grid point; train.lr is a grid: {lr}")
-    model = initial_model(params, device)
+    model = initial_model(params.model.hidden_dim, device, params.seed)
     optimizer = make_optimizer(
         param_groups(model, spec.per_layer),
         params.train.optimizer,

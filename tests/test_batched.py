@@ -12,7 +12,7 @@ import torch
 from pipeline.config.params import parse_params
 from pipeline.problems import data
 from pipeline.trainer import minibatch
-from pipeline.trainer.batched import Replicate, train_batch
+from pipeline.trainer.batched import Replicate, Setup, train_batch
 from pipeline.trainer.runtime import make_deterministic
 from tests.conftest import tiny_document
 from tests.reference import train_reference
@@ -37,7 +37,7 @@ def test_every_batched_replicate_equals_its_torch_twin(optimizer):
     replicates = [
         Replicate(spec, seed, params.train.lr, noise) for spec in params.schedules for seed in SEEDS
     ]
-    batch = train_batch(replicates, params, datasets, torch.device("cpu"))
+    batch = train_batch(replicates, Setup.of(params), datasets, torch.device("cpu"))
 
     for index, replicate in enumerate(replicates):
         twin = train_reference(
@@ -71,7 +71,7 @@ def test_batched_pipeline_runs_reproduce_the_tutorial():
         Replicate(params.schedule("StepLR"), params.seed, params.train.lr, params.data.noise),
     ]
     batch = train_batch(
-        replicates, params, {replicates[0].data_key: train_set}, torch.device("cpu")
+        replicates, Setup.of(params), {replicates[0].data_key: train_set}, torch.device("cpu")
     )
     for index, use_step_lr in enumerate((False, True)):
         losses, _, used = tutorial_script(params, train_set, use_step_lr)
@@ -121,7 +121,7 @@ def test_a_batch_of_the_whole_set_trains_like_full_batch_and_a_small_one_does_no
         for spec in params.schedules
     ]
     batch = train_batch(
-        replicates, params, {replicates[0].data_key: train_set}, torch.device("cpu")
+        replicates, Setup.of(params), {replicates[0].data_key: train_set}, torch.device("cpu")
     )
     np.testing.assert_allclose(batch.losses[1], batch.losses[0], rtol=0, atol=1e-6)
     assert np.abs(batch.losses[2] - batch.losses[0]).max() > 1e-3
@@ -148,7 +148,7 @@ def test_every_point_of_a_grid_equals_a_separate_run_at_that_point():
         Replicate(r.spec, s, r.point.lr, r.point.noise) for r in params.runs for s in seeds
     ]
     assert len(replicates) == 2 * 2 * 2 * 2
-    batch = train_batch(replicates, params, datasets, torch.device("cpu"))
+    batch = train_batch(replicates, Setup.of(params), datasets, torch.device("cpu"))
     for index, replicate in enumerate(replicates):
         grid_point = next(
             p for p in params.grid if (p.lr, p.noise) == (replicate.lr, replicate.noise)
@@ -210,7 +210,9 @@ def test_batched_validation_losses_equal_the_torch_twins():
     replicates = [
         Replicate(r.spec, s, r.point.lr, r.point.noise) for r in params.runs for s in seeds
     ]
-    batch = train_batch(replicates, params, datasets, torch.device("cpu"), validation=validation)
+    batch = train_batch(
+        replicates, Setup.of(params), datasets, torch.device("cpu"), validation=validation
+    )
     assert batch.validation_losses is not None
     assert batch.validation_losses.shape == (len(replicates), 100)
     assert batch.validation_losses.dtype == np.float64
@@ -247,7 +249,7 @@ def test_the_validation_loss_after_update_i_is_the_train_loss_before_update_i_pl
     replicates = [Replicate(spec, params.seed, params.train.lr, noise) for spec in params.schedules]
     batch = train_batch(
         replicates,
-        params,
+        Setup.of(params),
         {replicates[0].data_key: train_set},
         torch.device("cpu"),
         validation={noise: train_set},
@@ -278,12 +280,14 @@ def test_the_validation_loss_at_update_t_is_the_loss_of_the_weights_after_t_upda
         if spec.name in ("ReduceLROnPlateau", "LambdaLR", "growing_batch")
         for s in seeds
     ]
-    full = train_batch(replicates, params, datasets, torch.device("cpu"), validation=validation)
+    full = train_batch(
+        replicates, Setup.of(params), datasets, torch.device("cpu"), validation=validation
+    )
     assert full.validation_losses is not None
     for updates in (1, 37, epochs):
         short_params = _validation_params(epochs=epochs, trained_epochs=updates)
         short = train_batch(
-            replicates, short_params, datasets, torch.device("cpu"), validation=validation
+            replicates, Setup.of(short_params), datasets, torch.device("cpu"), validation=validation
         )
         assert short.validation_losses is not None
         # The same trajectory for its first t updates, the validation losses included.
@@ -312,9 +316,9 @@ def test_without_validation_the_batch_and_the_twin_are_unchanged():
     replicates = [
         Replicate(spec, s, params.train.lr, noise) for spec in params.schedules for s in seeds
     ]
-    plain = train_batch(replicates, params, datasets, torch.device("cpu"))
+    plain = train_batch(replicates, Setup.of(params), datasets, torch.device("cpu"))
     validated = train_batch(
-        replicates, params, datasets, torch.device("cpu"), validation=validation
+        replicates, Setup.of(params), datasets, torch.device("cpu"), validation=validation
     )
     assert plain.validation_losses is None
     assert validated.validation_losses is not None
@@ -344,7 +348,7 @@ def test_a_noise_level_without_a_validation_set_is_a_clear_error():
     with pytest.raises(ValueError, match=r"validation lacks the sets of noise \[0\.2\]"):
         train_batch(
             replicates,
-            params,
+            Setup.of(params),
             datasets,
             torch.device("cpu"),
             validation={0.3: datasets[replicates[0].data_key]},

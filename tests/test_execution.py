@@ -20,7 +20,7 @@ from pipeline.config.params import ExecutionParams, parse_params
 from pipeline.core.validation import ParamsError
 from pipeline.engines import execution, shards
 from pipeline.problems import data
-from pipeline.trainer.batched import replicate_finals, train_batch
+from pipeline.trainer.batched import Setup, replicate_finals, train_batch
 from stages import generate
 from tests.conftest import BIN, ROOT, make_project, project_env, run, tiny_document
 from tests.servers import free_port
@@ -67,7 +67,7 @@ def test_shards_merge_to_the_whole_batch_bit_for_bit(tiny, count):
     tests = {noise: data.generate(50, noise, 7) for noise in {p.noise for p in params.grid}}
     keys = [(run.name, seed) for run in params.runs for seed in params.seeds]
     replicates = shards.replicates(params, keys)
-    whole = train_batch(replicates, params, sets, torch.device("cpu"))
+    whole = train_batch(replicates, Setup.of(params), sets, torch.device("cpu"))
     groups = shards.cut(len(replicates), count)
     counted: list[int] = []
     parts = [
@@ -77,7 +77,7 @@ def test_shards_merge_to_the_whole_batch_bit_for_bit(tiny, count):
     merged = shards.merge(parts, groups, replicates)
     assert merged.finals is not None
     for index, finals in enumerate(merged.finals):  # computed in the shard, as run_results does
-        assert finals == replicate_finals(whole, index, params, sets, tests)
+        assert finals == replicate_finals(whole, index, params.model.hidden_dim, sets, tests)
     assert sum(counted) == len(replicates) * params.train.epochs  # replicate-updates
     assert merged.replicates == whole.replicates
     for name in ("rates", "losses", "batch_sizes"):

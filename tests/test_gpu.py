@@ -11,7 +11,7 @@ import torch
 
 from pipeline.config.params import parse_params
 from pipeline.problems import data
-from pipeline.trainer.batched import Replicate, train_batch
+from pipeline.trainer.batched import Replicate, Setup, train_batch
 from pipeline.trainer.runtime import make_deterministic, select_device
 from tests.conftest import tiny_document
 
@@ -36,7 +36,7 @@ def _train(device: torch.device):
     replicates = [
         Replicate(spec, s, params.train.lr, noise) for spec in params.schedules for s in seeds
     ]
-    return train_batch(replicates, params, datasets, device)
+    return train_batch(replicates, Setup.of(params), datasets, device)
 
 
 @pytest.mark.gpu

@@ -24,7 +24,6 @@ Everything trains in :func:`pipeline.trainer.batched.train_batch`, one batch per
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,7 +41,7 @@ from pipeline.engines.units import Progress
 from pipeline.problems.data import Dataset
 from pipeline.problems.workloads import Splits, Workload
 from pipeline.schedules.specs import parse_spec
-from pipeline.trainer.batched import BatchResult, Replicate, stacked_logits, train_batch
+from pipeline.trainer.batched import BatchResult, Replicate, Setup, stacked_logits, train_batch
 from pipeline.trainer.runtime import tensors
 
 if TYPE_CHECKING:  # the plot stage reads tuning's results without running any engine
@@ -137,15 +136,6 @@ class TuningResult:
         )
 
 
-def workload_params(params: ComparisonParams, workload: Workload) -> ComparisonParams:
-    """The params a workload trains under: its budget and its hidden layer."""
-    return dataclasses.replace(
-        params,
-        train=params.train.model_copy(update={"epochs": workload.epochs}),
-        model=params.model.model_copy(update={"hidden_dim": workload.hidden_dim}),
-    )
-
-
 def rerun_seeds(params: ComparisonParams) -> tuple[int, ...]:
     """The seeds of the re-runs: after the tuning's own seed (``seed``), never equal to it."""
     return tuple(params.seed + 1 + offset for offset in range(params.tuning.reruns))
@@ -196,8 +186,9 @@ def train_settings(
     ``train_sets[seed]`` is a setting's train set; ``measured_on`` the set whose loss is
     evaluated every ``tuning.eval_every`` updates and after the last.
     """
-    local = workload_params(params, workload)
     epochs = workload.epochs
+    train = params.train
+    setup = Setup(epochs, workload.hidden_dim, train.optimizer, train.momentum)
     replicates = [
         Replicate(parse_spec(name, dict(entry), epochs), seed, lr, workload.noise)
         for name, entry, lr, seed in settings
@@ -205,7 +196,7 @@ def train_settings(
     datasets = {(seed, workload.noise): train_sets[seed] for seed in {s[3] for s in settings}}
     batch = train_batch(
         replicates,
-        local,
+        setup,
         datasets,
         device,
         on_step=on_step,

@@ -16,7 +16,13 @@ import numpy as np
 from pipeline.config.params import Params
 from pipeline.engines.units import Progress
 from pipeline.problems.data import Dataset
-from pipeline.trainer.batched import BatchResult, Replicate, replicate_finals, train_batch
+from pipeline.trainer.batched import (
+    BatchResult,
+    Replicate,
+    Setup,
+    replicate_finals,
+    train_batch,
+)
 
 Key = tuple[str, int]  # a replicate by its run's name and its seed
 
@@ -67,12 +73,13 @@ def train_shard(
     count = len(keys)
     batch = train_batch(
         replicates(params, keys),
-        params,
+        Setup.of(params),
         datasets,
         torch.device(device),
         on_step=lambda step: progress(count),
     )
-    finals = [replicate_finals(batch, i, params, datasets, test_sets) for i in range(count)]
+    hidden_dim = params.model.hidden_dim
+    finals = [replicate_finals(batch, i, hidden_dim, datasets, test_sets) for i in range(count)]
     names = list(batch.state_dicts[0])
     return ShardResult(
         rates=batch.rates,

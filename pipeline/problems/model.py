@@ -14,6 +14,16 @@ from pipeline.core import portable
 LAYER_NAMES = ("Liner1", "Liner2")
 
 
+def logits(
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    """LogicNet's forward pass, Liner2(tanh(Liner1(x))), of one model or of models stacked
+    first (then ``x`` per model or shared). Each layer's product runs in a fixed order rather
+    than MKL's SGEMM, whose bits depend on the CPU: the same bytes on any machine."""
+    hidden = torch.tanh(portable.linear(x, w1, b1))
+    return portable.linear(hidden, w2, b2)
+
+
 class LogicNet(nn.Module):
     def __init__(self, inputdim: int = 2, hiddendim: int = 3, outputdim: int = 2) -> None:
         super().__init__()
@@ -22,10 +32,7 @@ class LogicNet(nn.Module):
         self.criterion = nn.CrossEntropyLoss()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Liner2(tanh(Liner1(x))), with each layer's product in a fixed order rather than MKL's
-        # SGEMM, whose bits depend on the CPU: the same bytes on any machine.
-        hidden = torch.tanh(portable.linear(x, self.Liner1.weight, self.Liner1.bias))
-        return portable.linear(hidden, self.Liner2.weight, self.Liner2.bias)
+        return logits(self.Liner1.weight, self.Liner1.bias, self.Liner2.weight, self.Liner2.bias, x)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return torch.argmax(torch.softmax(self.forward(x), dim=1), dim=1)
@@ -69,6 +76,5 @@ def seed_accuracies(path: str, features: torch.Tensor, labels: torch.Tensor) -> 
     saved = torch.load(path, map_location="cpu", weights_only=True)
     w1, b1 = saved["Liner1.weight"], saved["Liner1.bias"]
     w2, b2 = saved["Liner2.weight"], saved["Liner2.bias"]
-    hidden = torch.tanh(portable.linear(features, w1, b1))  # LogicNet.forward, seeds at once
-    predicted = portable.linear(hidden, w2, b2).argmax(dim=2)
+    predicted = logits(w1, b1, w2, b2, features).argmax(dim=2)  # every seed at once
     return (predicted == labels).sum(dim=1).numpy() / len(labels)

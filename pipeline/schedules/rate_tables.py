@@ -33,6 +33,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.schedules import expressions
 from pipeline.schedules.specs import ScheduleSpec
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
@@ -504,7 +505,6 @@ def _power() -> Callable[[Any, Any], Any]:
 
 Env: TypeAlias = dict[str, Any]
 Node: TypeAlias = Callable[[Env], Any]
-_CONSTANTS = {"pi": math.pi, "e": math.e}
 _ARITHMETIC: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: np.add,
     ast.Sub: np.subtract,
@@ -514,7 +514,9 @@ _ARITHMETIC: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Mod: np.remainder,
 }
 _DIVIDING = (ast.Div, ast.FloorDiv, ast.Mod)
-_UNARY_FUNCTIONS = ("exp", "log", "sqrt", "cos", "sin", "tanh", "floor", "ceil", "abs")
+# The grammar is expressions.py's (its names, constants and functions); only the evaluation
+# differs: numpy on every step at once, where expressions.py computes one step in Python floats.
+_UNARY_FUNCTIONS = tuple(name for name in expressions.FUNCTIONS if name not in ("min", "max"))
 
 
 @functools.lru_cache(maxsize=512)
@@ -561,10 +563,10 @@ def _vectorise(node: ast.AST) -> Node:
 
 
 def _name(name: str) -> Node:
-    if name in ("step", "epochs"):
+    if name in expressions.VARIABLES:
         return lambda env: env[name]
-    if name in _CONSTANTS:
-        constant = _CONSTANTS[name]
+    if name in expressions.CONSTANTS:
+        constant = expressions.CONSTANTS[name]
         return lambda env: constant
     raise _NotCovered
 

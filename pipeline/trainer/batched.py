@@ -30,7 +30,7 @@ from pipeline.config.params import Params
 from pipeline.core import portable
 from pipeline.core.optim import make_optimizer
 from pipeline.problems.data import Dataset
-from pipeline.problems.model import LAYER_NAMES, LogicNet, param_groups
+from pipeline.problems.model import LAYER_NAMES, LogicNet, logits, param_groups
 from pipeline.schedules.specs import Schedule, ScheduleSpec, trace
 from pipeline.trainer import minibatch
 from pipeline.trainer.results import RunResult
@@ -52,6 +52,23 @@ class Replicate:
     @property
     def data_key(self) -> tuple[int, float]:
         return self.seed, self.noise
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a batch trains under: its budget in updates (``train.epochs`` in params: the
+    tutorial's word), the hidden layer's width, the optimizer and its momentum (SGD's)."""
+
+    updates: int
+    hidden_dim: int
+    optimizer: str
+    momentum: float
+
+    @classmethod
+    def of(cls, params: Params) -> Setup:
+        """The train stage's: ``train.epochs`` updates of a ``model.hidden_dim`` LogicNet."""
+        train = params.train
+        return cls(train.epochs, params.model.hidden_dim, train.optimizer, train.momentum)
 
 
 @dataclass(frozen=True)
@@ -102,8 +119,7 @@ class _Stack:
 def stacked_logits(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """LogicNet.forward of stacked weights (replicates first); ``x`` per replicate or shared."""
     w1, b1, w2, b2 = weights
-    hidden = torch.tanh(portable.linear(x, w1, b1))
-    return portable.linear(hidden, w2, b2)
+    return logits(w1, b1, w2, b2, x)
 
 
 class _Rates:
@@ -111,24 +127,23 @@ class _Rates:
     with ``closed_forms``, their vectorised equivalents where one exists: same rates to 1e-12)."""
 
     def __init__(
-        self, replicates: Sequence[Replicate], params: Params, closed_forms: bool = False
+        self, replicates: Sequence[Replicate], setup: Setup, closed_forms: bool = False
     ) -> None:
-        train = params.train
-        self.epochs = train.epochs
-        self.table = np.empty((len(replicates), train.epochs, 2))
-        self.momenta = np.empty((len(replicates), train.epochs, 2))
+        self.epochs = setup.updates
+        self.table = np.empty((len(replicates), setup.updates, 2))
+        self.momenta = np.empty((len(replicates), setup.updates, 2))
         self.plateaus: list[tuple[int, Schedule]] = []
         for index, replicate in enumerate(replicates):
             if replicate.spec.monitor is not None:
                 # A real optimizer, never stepped on real weights: only its rates are read.
-                model = LogicNet(hiddendim=params.model.hidden_dim)
+                model = LogicNet(hiddendim=setup.hidden_dim)
                 groups = param_groups(model, replicate.spec.per_layer)
-                optimizer = make_optimizer(groups, train.optimizer, replicate.lr, train.momentum)
-                self.plateaus.append((index, Schedule(replicate.spec, optimizer, train.epochs)))
+                optimizer = make_optimizer(groups, setup.optimizer, replicate.lr, setup.momentum)
+                self.plateaus.append((index, Schedule(replicate.spec, optimizer, setup.updates)))
                 continue
             # trace() keeps each schedule's trace: the seeds of one schedule share it.
             spec, lr = replicate.spec, replicate.lr
-            arguments = (spec, train.epochs, lr, train.optimizer, train.momentum)
+            arguments = (spec, setup.updates, lr, setup.optimizer, setup.momentum)
             found = None
             if closed_forms:  # imported here: the train stage never needs it
                 from pipeline.schedules import rate_tables
@@ -152,7 +167,7 @@ class _Rates:
 
 def train_batch(
     replicates: Sequence[Replicate],
-    params: Params,
+    setup: Setup,
     datasets: Mapping[tuple[int, float], Dataset],
     device: torch.device,
     on_step: Callable[[int], None] = lambda step: None,
@@ -172,25 +187,25 @@ def train_batch(
     ``closed_forms`` replaces torch's scheduler loop by :mod:`pipeline.schedules.rate_tables`
     where it can.
     """
-    models = [initial_model(params, torch.device("cpu"), seed=r.seed) for r in replicates]
+    models = [initial_model(setup.hidden_dim, torch.device("cpu"), r.seed) for r in replicates]
     stack = _Stack(models, device)
     pairs = [tensors(datasets[replicate.data_key], device) for replicate in replicates]
     x = torch.stack([features for features, _ in pairs])
     y = torch.stack([labels for _, labels in pairs])
     count, samples = y.shape
-    rates = _Rates(replicates, params, closed_forms)
-    optimizer = _BatchedOptimizer(stack, params, device)
+    rates = _Rates(replicates, setup, closed_forms)
+    optimizer = _BatchedOptimizer(stack, setup.optimizer, device)
 
-    batches = _MiniBatches(replicates, params.train.epochs, samples, device)
-    epochs = params.train.epochs
+    epochs = setup.updates
+    batches = _MiniBatches(replicates, epochs, samples, device)
     evaluated, row_of = _evaluated_updates(evaluate_every, epochs)
     validating = (
         None if validation is None else _Validation(replicates, validation, len(evaluated), device)
     )
 
-    losses = torch.empty(count, params.train.epochs, dtype=torch.float32, device=device)
+    losses = torch.empty(count, epochs, dtype=torch.float32, device=device)
     needs_values = bool(rates.plateaus)
-    for step in range(params.train.epochs):
+    for step in range(epochs):
         logits, full_losses = _update(step, stack, x, y, rates, optimizer, batches)
         losses[:, step] = full_losses
         if needs_values:  # one device sync per step, only when a replicate watches its loss
@@ -296,8 +311,8 @@ class _MiniBatches:
 class _BatchedOptimizer:
     """torch.optim.Adam (or SGD) arithmetic, with a rate per replicate and layer."""
 
-    def __init__(self, stack: _Stack, params: Params, device: torch.device) -> None:
-        self.stack, self.kind, self.device = stack, params.train.optimizer, device
+    def __init__(self, stack: _Stack, optimizer: str, device: torch.device) -> None:
+        self.stack, self.kind, self.device = stack, optimizer, device
         self.count = 0
         self.first = [torch.zeros_like(t) for t in stack.tensors]
         self.second = [torch.zeros_like(t) for t in stack.tensors]
@@ -394,7 +409,9 @@ def run_results(
             if batch.finals is not None:
                 values = batch.finals[index]
             else:
-                values = replicate_finals(batch, index, params, train_sets, test_sets)
+                values = replicate_finals(
+                    batch, index, params.model.hidden_dim, train_sets, test_sets
+                )
             for key, value in values.items():
                 finals.setdefault(key, []).append(value)
         groups = spec.groups
@@ -419,7 +436,7 @@ def run_results(
 def replicate_finals(
     batch: BatchResult,
     index: int,
-    params: Params,
+    hidden_dim: int,
     train_sets: Mapping[tuple[int, float], Dataset],
     test_sets: Mapping[float, Dataset],
 ) -> dict[str, float]:
@@ -427,7 +444,7 @@ def replicate_finals(
     from pipeline.trainer.runtime import evaluate
 
     cpu = torch.device("cpu")
-    model = LogicNet(hiddendim=params.model.hidden_dim)
+    model = LogicNet(hiddendim=hidden_dim)
     model.load_state_dict(batch.state_dicts[index])
     replicate = batch.replicates[index]
     values = evaluate(

@@ -7,7 +7,6 @@ import os
 
 import torch
 
-from pipeline.config.params import Params
 from pipeline.problems.data import Dataset
 from pipeline.problems.model import LogicNet
 
@@ -41,10 +40,10 @@ def tensors(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, torch
     return features, labels
 
 
-def initial_model(params: Params, device: torch.device, seed: int | None = None) -> LogicNet:
-    """Every run of a seed starts from the same weights, drawn from it (``seed`` by default)."""
-    torch.manual_seed(params.seed if seed is None else seed)
-    return LogicNet(inputdim=2, hiddendim=params.model.hidden_dim, outputdim=2).to(device)
+def initial_model(hidden_dim: int, device: torch.device, seed: int) -> LogicNet:
+    """Every run of a seed starts from the same weights, drawn from it."""
+    torch.manual_seed(seed)
+    return LogicNet(inputdim=2, hiddendim=hidden_dim, outputdim=2).to(device)
 
 
 @torch.no_grad()
