@@ -206,3 +206,53 @@ def test_every_test_file_is_described_in_the_testing_page():
     testing = (ROOT / "docs" / "testing.md").read_text()
     for test_file in sorted((ROOT / "tests").glob("test_*.py")):
         assert f"`{test_file.name}`" in testing, f"docs/testing.md does not describe {test_file}"
+
+
+def _documented_defaults() -> dict[str, str]:
+    """docs/params.md's key table: key -> the first `code` of its default column."""
+    rows = {}
+    for line in (ROOT / "docs/params.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0].startswith("`") and cells[0].endswith("`"):
+            default = re.match(r"`([^`]*)`", cells[1])
+            rows[cells[0].strip("`")] = default.group(1) if default else cells[1]
+    return rows
+
+
+def _yaml_text(value: object) -> str:
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _model_defaults(model: type, prefix: str = "") -> dict[str, str]:
+    """Every leaf key of a params section (a pydantic model) -> its default, as YAML spells it."""
+    from pydantic import BaseModel
+
+    leaves = {}
+    for name, info in model.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            leaves.update(_model_defaults(type(default), f"{prefix}{name}."))
+        elif not info.is_required():
+            leaves[f"{prefix}{name}"] = _yaml_text(default)
+    return leaves
+
+
+def test_the_params_reference_states_each_keys_default_as_the_code_has_it():
+    from pipeline.config.params import _RawParams
+
+    documented = _documented_defaults()
+    sections = ("seed", "data", "model", "train", "mlflow", "analysis", "tuning", "execution")
+    code = {
+        key: value
+        for key, value in _model_defaults(_RawParams).items()
+        if key.split(".")[0] in sections
+    }
+    assert code, "no keys found in the params models"
+    missing = sorted(set(code) - set(documented))
+    assert not missing, f"docs/params.md has no row for {missing}"
+    wrong = {
+        key: (documented[key], value) for key, value in code.items() if documented[key] != value
+    }
+    assert not wrong, f"docs/params.md's default (documented, code) differs: {wrong}"
