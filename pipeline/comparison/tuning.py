@@ -65,7 +65,7 @@ class Trial:
 
 
 @dataclass(frozen=True)
-class Curves:
+class ValidationCurves:
     """Losses evaluated after the updates ``steps`` (1-based), one row per trial or seed."""
 
     steps: np.ndarray  # (evaluations,)
@@ -180,7 +180,7 @@ def train_settings(
     measured_on: Dataset,
     device: torch.device,
     on_step: Callable[[int], None] = lambda step: None,
-) -> tuple[Curves, BatchResult]:
+) -> tuple[ValidationCurves, BatchResult]:
     """Train ``(name, scheduler entry, lr, seed)`` settings as one batch on a workload.
 
     ``train_sets[seed]`` is a setting's train set; ``measured_on`` the set whose loss is
@@ -205,7 +205,7 @@ def train_settings(
         closed_forms=True,
     )
     assert batch.validation_losses is not None and batch.evaluated is not None
-    return Curves(batch.evaluated + 1, batch.validation_losses), batch
+    return ValidationCurves(batch.evaluated + 1, batch.validation_losses), batch
 
 
 def reference_best(
@@ -357,7 +357,7 @@ def run_protocol(
 
 def _gathered(
     workloads: Sequence[Workload],
-    tuned_units: Sequence[tuple[list[Trial], Curves, dict[str, Any]]],
+    tuned_units: Sequence[tuple[list[Trial], ValidationCurves, dict[str, Any]]],
     seeds: tuple[int, ...],
 ) -> TuningResult:
     """Every workload's trials and target in one result, in workload order; nothing chosen."""
@@ -403,7 +403,7 @@ def _cost(params: ComparisonParams, workload: Workload) -> float:
 
 def tune_workload(
     params: ComparisonParams, workload: Workload, splits: Splits, device: str, progress: Progress
-) -> tuple[list[Trial], Curves, dict[str, Any]]:
+) -> tuple[list[Trial], ValidationCurves, dict[str, Any]]:
     """One workload's trials on its validation set, and its target: the reference's best
     trial re-run from every re-run seed."""
     cpu = torch.device(device)

@@ -28,7 +28,7 @@ from pipeline.engines import units
 from pipeline.problems.data import Dataset
 from pipeline.problems.model import LogicNet
 
-Curves = Mapping[str, Mapping[str, np.ndarray]]
+RunTables = Mapping[str, Mapping[str, np.ndarray]]  # run name -> column -> values
 DPI = 120
 
 
@@ -48,7 +48,7 @@ def png_bytes(figure: Figure) -> bytes:
 Panels = Mapping[str, Mapping[str, str]] | None
 
 
-def _panels(curves: Curves, panels: Panels) -> dict[str, dict[str, str]]:
+def _panels(curves: RunTables, panels: Panels) -> dict[str, dict[str, str]]:
     if panels is None:
         return {"": {name: name for name in curves}}
     return {title: dict(lines) for title, lines in panels.items()}
@@ -79,7 +79,7 @@ def _rate_lines(axes, table, label: str, color) -> None:
         axes.plot(table["step"], table[key], style, color=color, label=text)
 
 
-def learning_rates(curves: Curves, panels: Panels = None) -> Figure:
+def learning_rates(curves: RunTables, panels: Panels = None) -> Figure:
     """The tutorial's figure for every schedule at once.
 
     One panel: a linear and a log scale; the log scale shows multiplicative decays (StepLR,
@@ -115,7 +115,7 @@ def learning_rates(curves: Curves, panels: Panels = None) -> Figure:
     return figure
 
 
-def losses(curves: Curves, panels: Panels = None) -> Figure:
+def losses(curves: RunTables, panels: Panels = None) -> Figure:
     """Training loss on the whole train set, one line per schedule (a panel per grid point)."""
     chosen = _panels(curves, panels)
     colors = _palette(chosen)
