@@ -96,11 +96,17 @@ def test_every_run_logs_an_mlflow_model_that_predicts_as_pytorch(project, store)
             predicted[["probability_0", "probability_1"]], expected, atol=1e-6
         )
         np.testing.assert_array_equal(predicted["class"], expected.argmax(axis=1))
+        # A plain (n, 2) array is read by position; a frame by its names, in any order.
+        pd.testing.assert_frame_equal(model.predict(points), predicted)
+        swapped = pd.DataFrame({"x2": points[:, 1], "x1": points[:, 0]})
+        pd.testing.assert_frame_equal(model.predict(swapped), predicted)
+    with pytest.raises(Exception, match=r"columns \['x1', 'x2'\]"):
+        model.predict(pd.DataFrame({"x": points[:, 0], "y": points[:, 1]}))
 
     # What MLflow's tools read: the flavor, the signature, the example, pinned requirements.
     info = mlflow.models.get_model_info(f"runs:/{children['StepLR'].info.run_id}/model")
     assert "python_function" in info.flavors
-    assert info.signature.inputs.input_names() == ["x1", "x2"]
+    assert info.signature.inputs.to_dict() == [{"type": "double", "required": True}] * 2
     assert info.signature.outputs.input_names() == ["class", "probability_0", "probability_1"]
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
     example = json.loads((local / "input_example.json").read_text())
@@ -218,8 +224,16 @@ def test_mlflow_models_serve_answers_as_the_pytorch_model(project, store):
         )
         with urllib.request.urlopen(request, timeout=60) as reply:
             predictions = pd.DataFrame(json.loads(reply.read())["predictions"])
+        plain = urllib.request.Request(  # the same points as a plain array
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": points.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(plain, timeout=60) as reply:
+            from_array = pd.DataFrame(json.loads(reply.read())["predictions"])
     finally:
         stop(server)
     expected = torch_probabilities(project / "models" / f"{best}.pt", points)
     np.testing.assert_allclose(predictions[["probability_0", "probability_1"]], expected, atol=1e-6)
     np.testing.assert_array_equal(predictions["class"], expected.argmax(axis=1))
+    pd.testing.assert_frame_equal(from_array, predictions)

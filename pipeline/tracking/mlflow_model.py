@@ -1,5 +1,10 @@
 """A run's trained LogicNet as an MLflow model: points in, classes and probabilities out.
 
+Points come as a DataFrame with columns ``x1`` and ``x2`` (read by name, in any order) or as a
+plain ``(n, 2)`` array of floats (read by position: x1, then x2). The signature's inputs are
+therefore two unnamed doubles: MLflow checks their count and type and hands the frame on with
+its names, where named inputs would refuse an array ("Model is missing inputs").
+
 Logged with MLflow's ``python_function`` flavor, so that MLflow's own tools load it:
 ``mlflow.pyfunc.load_model("runs:/<run>/model").predict(points)``, ``mlflow models serve``,
 the Model Registry. The model is this file (logged as code, never pickled) and the run's
@@ -26,7 +31,7 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 INPUT_COLUMNS = ("x1", "x2")
 OUTPUT_COLUMNS = ("class", "probability_0", "probability_1")
 WEIGHTS = "weights"  # the artifact's key: a .npz of one seed's state dict
-_INPUTS: list[ColSpec | TensorSpec] = [ColSpec("double", name) for name in INPUT_COLUMNS]
+_INPUTS: list[ColSpec | TensorSpec] = [ColSpec("double") for _ in INPUT_COLUMNS]
 _OUTPUTS: list[ColSpec | TensorSpec] = [ColSpec("long", "class")]
 _OUTPUTS += [ColSpec("double", name) for name in OUTPUT_COLUMNS[1:]]
 SIGNATURE = ModelSignature(inputs=Schema(_INPUTS), outputs=Schema(_OUTPUTS))
@@ -41,7 +46,8 @@ def pip_requirements() -> list[str]:
 
 
 class LogicNetClassifier(PythonModel):
-    """``predict``: a frame of points (``x1``, ``x2``) -> ``class``, ``probability_0/1``."""
+    """``predict``: points (a frame with ``x1``, ``x2``, or an (n, 2) array) -> ``class``,
+    ``probability_0``, ``probability_1``."""
 
     def load_context(self, context: PythonModelContext) -> None:
         with np.load(context.artifacts[WEIGHTS]) as saved:
@@ -56,13 +62,9 @@ class LogicNetClassifier(PythonModel):
     def predict(
         self, context: PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
-        frame = pd.DataFrame(model_input)
-        missing = [name for name in INPUT_COLUMNS if name not in frame.columns]
-        if missing:
-            raise ValueError(f"expected columns {list(INPUT_COLUMNS)}; missing {missing}")
+        points = _points(model_input)
         # LogicNet.forward: Liner2(tanh(Liner1(x))), on float32 points as in training.
         (w1, b1), (w2, b2) = self.layers
-        points = frame[list(INPUT_COLUMNS)].to_numpy(np.float32)
         logits = np.tanh(points @ w1.T + b1) @ w2.T + b2
         shifted = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
         probabilities = shifted / shifted.sum(axis=1, keepdims=True)
@@ -73,6 +75,20 @@ class LogicNetClassifier(PythonModel):
                 "probability_1": probabilities[:, 1],
             }
         )
+
+
+def _points(model_input: object) -> np.ndarray:
+    """(n, 2) float32 points: a frame's ``x1``, ``x2`` by name; an array's (MLflow makes it a
+    frame with columns 0 and 1) by position."""
+    frame = pd.DataFrame(model_input)
+    if all(name in frame.columns for name in INPUT_COLUMNS):
+        return frame[list(INPUT_COLUMNS)].to_numpy(np.float32)
+    if list(frame.columns) == list(range(len(INPUT_COLUMNS))):
+        return frame.to_numpy(np.float32)
+    raise ValueError(
+        f"expected a frame with columns {list(INPUT_COLUMNS)} or an (n, 2) array;"
+        f" got columns {list(frame.columns)}"
+    )
 
 
 def input_example(features: np.ndarray) -> pd.DataFrame:
