@@ -74,10 +74,6 @@ class Scores:
         return max(self.benchmark_score, key=lambda s: (self.benchmark_score[s], s))
 
 
-def _floats(pair: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
-    return float(pair[0]), float(pair[1])
-
-
 def _rerun_scores(
     result: TuningResult, schedules: Sequence[str], rng: np.random.Generator, bootstrap: int
 ) -> dict[str, dict[str, RerunScore]]:
@@ -91,8 +87,9 @@ def _rerun_scores(
             runs = [r for r in result.reruns if r.workload == w.name and r.schedule == s]
             times = np.array([r.time for r in runs])
             median, low, high = stats.median_interval(times, rng, bootstrap)
-            loss, loss_half = _floats(stats.mean_interval([r.final_loss for r in runs]))
-            accuracy, accuracy_half = _floats(stats.mean_interval([r.accuracy for r in runs]))
+            losses, accuracies = [r.final_loss for r in runs], [r.accuracy for r in runs]
+            loss, loss_half = stats.as_floats(stats.mean_interval(losses))
+            accuracy, accuracy_half = stats.as_floats(stats.mean_interval(accuracies))
             test[w.name][s] = RerunScore(
                 median_time=median,
                 time_low=low,

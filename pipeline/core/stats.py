@@ -126,9 +126,11 @@ def rank(
                 rank=position,
                 name=name,
                 seeds=len(final_losses[name]),
-                final_loss=_pair(mean_interval(final_losses[name])),
-                test_accuracy=_pair(mean_interval(test_accuracies[name])),
-                steps_to_target=_pair(mean_interval(reached)) if len(reached) else (np.nan,) * 2,
+                final_loss=as_floats(mean_interval(final_losses[name])),
+                test_accuracy=as_floats(mean_interval(test_accuracies[name])),
+                steps_to_target=(
+                    as_floats(mean_interval(reached)) if len(reached) else (np.nan, np.nan)
+                ),
                 reached=len(reached),
                 p_vs_best=p_value,
                 significant=None if p_value is None else p_value < alpha,
@@ -137,7 +139,8 @@ def rank(
     return rows
 
 
-def _pair(values: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+def as_floats(values: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+    """A 1-D sample's :func:`mean_interval` (two 0-d arrays) as two floats."""
     return float(values[0]), float(values[1])
 
 
