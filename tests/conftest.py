@@ -18,6 +18,23 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+# What a slow test starts (pyproject.toml describes each): a kind marker makes a test `slow`.
+KINDS = ("pipeline", "emulation", "server", "browser", "cluster", "compute")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test of a kind is also `slow`; a test marked `slow` alone must name its kind."""
+    untyped = []
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in KINDS):
+            item.add_marker(pytest.mark.slow)
+        elif item.get_closest_marker("slow"):
+            untyped.append(item.nodeid)
+    if untyped:
+        raise pytest.UsageError(f"mark these with their kind ({', '.join(KINDS)}): {untyped}")
+
+
 def default_document() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -167,7 +184,8 @@ def traced_imports(log: Path) -> dict[str, set[str]]:
 def reproduced(tmp_path_factory) -> dict:
     """One tiny project through a real `dvc repro`, with every stage's imports traced.
 
-    Read-only: a test that changes the project copies it first (``copy_project``).
+    Read-only: a test that changes the project copies it first (``copy_project``). Its
+    ``output`` is what `dvc repro` printed.
     """
     root = make_project(tmp_path_factory.mktemp("reproduced") / "project")
     tracer = tmp_path_factory.mktemp("tracer")
@@ -175,8 +193,8 @@ def reproduced(tmp_path_factory) -> dict:
     log = tracer / "imports.log"
     env = project_env(root)
     traced_env = {**env, "PYTHONPATH": str(tracer), "LRSCHED_IMPORT_LOG": str(log)}
-    run(["dvc", "repro"], root, traced_env)
-    return {"root": root, "env": env, "imports": traced_imports(log)}
+    output = run(["dvc", "repro"], root, traced_env).stdout
+    return {"root": root, "env": env, "imports": traced_imports(log), "output": output}
 
 
 def copy_project(source: Path, target: Path) -> Path:

@@ -130,7 +130,7 @@ def team(tmp_path_factory) -> Iterator[Team]:
         yield Team(server, experiment_id, admin_run, writer, reader)
 
 
-@pytest.mark.slow
+@pytest.mark.server
 def test_without_credentials_every_call_is_refused_and_nothing_is_written(team):
     before = inventory(team)
     calls = {
@@ -158,7 +158,7 @@ def test_without_credentials_every_call_is_refused_and_nothing_is_written(team):
     assert inventory(team) == before
 
 
-@pytest.mark.slow
+@pytest.mark.server
 def test_a_wrong_password_is_refused_and_lrsched_says_why(team, tmp_path):
     before = inventory(team)
     for user in ((team.writer[0], "not-the-password"), ("nobody", team.writer[1])):
@@ -201,7 +201,7 @@ def test_a_wrong_password_is_refused_and_lrsched_says_why(team, tmp_path):
     assert inventory(team) == before
 
 
-@pytest.mark.slow
+@pytest.mark.server
 def test_a_reader_browses_the_team_but_cannot_write_to_it(team):
     before = inventory(team)
     with signed_in(team.reader):
@@ -237,7 +237,7 @@ def test_a_reader_browses_the_team_but_cannot_write_to_it(team):
     assert admin_run.info.status == "FINISHED" and admin_run.data.tags.get("by") is None
 
 
-@pytest.mark.slow
+@pytest.mark.server
 def test_a_reader_can_still_create_and_write_experiments_and_models_of_their_own(team):
     """What READ does not stop (docs/sharing.md says so): creating an experiment or a registered
     model, which its creator then manages, and writing runs there; the team's stay closed."""
@@ -257,7 +257,7 @@ def test_a_reader_can_still_create_and_write_experiments_and_models_of_their_own
         assert status_of(lambda: writer.create_run(own)) == 403
 
 
-@pytest.mark.slow
+@pytest.mark.server
 def test_members_change_their_own_password_and_no_one_elses(team):
     from mlflow.server.auth.client import AuthServiceClient
 
@@ -280,7 +280,7 @@ def test_members_change_their_own_password_and_no_one_elses(team):
 KEPT_WORKLOADS = ("tutorial", "circles")
 
 
-@pytest.mark.slow
+@pytest.mark.server
 def test_the_pipeline_logs_everything_with_a_writers_credentials(team, tmp_path):
     # The tuning at its smallest (a workload tuned, one held out, two schedules) and three
     # trained schedules: each child run is one more round of HTTP calls, and the subject here is
@@ -327,7 +327,7 @@ def test_the_pipeline_logs_everything_with_a_writers_credentials(team, tmp_path)
     assert sorted(metrics) == sorted(params["schedulers"])
 
 
-@pytest.mark.slow
+@pytest.mark.server
 def test_the_entrypoint_writes_what_mlflow_reads(tmp_path):
     """Secrets from variables and from ``*_FILE``s reach MLflow's own reader as they were."""
     require("Flask-WTF (MLflow's basic-auth app needs it)", find_spec("flask_wtf") is not None)

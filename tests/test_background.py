@@ -25,7 +25,7 @@ def open_and_start(tracker: Tracker, uri: str) -> tuple[Reply[tuple[str, ...]], 
     return opened, tracker.start_parent("train", {"train.lr": "0.1"}, {"origin": "test"})
 
 
-@pytest.mark.slow  # MLflow's own process on a store
+@pytest.mark.pipeline  # MLflow's own process on a store
 def test_records_arrive_whole_with_the_stage_pid(store: str, tmp_path: Path):
     weights = tmp_path / "model.pt"
     weights.write_bytes(b"weights")
@@ -54,7 +54,7 @@ def test_records_arrive_whole_with_the_stage_pid(store: str, tmp_path: Path):
     assert [f.path for f in artifacts] == ["model/model.pt"]
 
 
-@pytest.mark.slow  # MLflow's own process on a store
+@pytest.mark.pipeline  # MLflow's own process on a store
 def test_a_failed_record_refuses_the_rest_but_still_closes_the_run_failed(store: str, tmp_path):
     with Tracker() as tracker:
         _, started = open_and_start(tracker, store)
@@ -79,7 +79,7 @@ def test_a_failed_record_refuses_the_rest_but_still_closes_the_run_failed(store:
     assert [c.data.tags["mlflow.runName"] for c in children] == ["a"]
 
 
-@pytest.mark.slow  # MLflow's own process
+@pytest.mark.pipeline  # MLflow's own process
 def test_a_store_that_cannot_open_says_so(tmp_path: Path):
     (tmp_path / "file").write_text("")
     uri = f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}"  # under a file: cannot be created
@@ -103,7 +103,7 @@ if __name__ == "__main__":  # the spawned process imports this file again
 """
 
 
-@pytest.mark.slow  # a stage and MLflow's own process
+@pytest.mark.pipeline  # a stage and MLflow's own process
 def test_a_stage_killed_mid_run_leaves_no_run_running(store: str, tmp_path: Path):
     script = tmp_path / "stage.py"
     script.write_text(STAGE_THAT_DIES)

@@ -4,6 +4,8 @@ replicate, over every step."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from tests.reference import train_reference
 SEEDS = (42, 7, 1234)
 
 
-@pytest.mark.slow  # trains 33 runs batched, then each one alone
+@pytest.mark.compute  # trains 33 runs batched, then each one alone
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_every_batched_replicate_equals_its_torch_twin(optimizer):
     make_deterministic()
@@ -57,7 +59,7 @@ def test_every_batched_replicate_equals_its_torch_twin(optimizer):
             torch.testing.assert_close(batch.state_dicts[index][name], value, rtol=0, atol=1e-5)
 
 
-@pytest.mark.slow  # 1000 updates, batched and as the tutorial's loops
+@pytest.mark.compute  # 1000 updates, batched and as the tutorial's loops
 def test_batched_pipeline_runs_reproduce_the_tutorial():
     """What the train stage records for manual and StepLR, against the tutorial's own loops."""
     from tests.conftest import default_document
@@ -193,7 +195,7 @@ def _plain_loss(state_dict, dataset) -> float:
     return torch.nn.functional.cross_entropy(logits, torch.from_numpy(dataset.labels)).item()
 
 
-@pytest.mark.slow  # 16 runs batched, then each one alone
+@pytest.mark.compute  # 16 runs batched, then each one alone
 def test_batched_validation_losses_equal_the_torch_twins():
     """Over two noise levels (two validation sets) and schedules incl. ReduceLROnPlateau, per-layer
     LambdaLR and the growing batch: the same standard as the training losses."""
@@ -353,3 +355,16 @@ def test_a_noise_level_without_a_validation_set_is_a_clear_error():
             torch.device("cpu"),
             validation={0.3: datasets[replicates[0].data_key]},
         )
+
+
+def test_deterministic_mode_is_on_without_importing_the_compiler():
+    """What torch.use_deterministic_algorithms(True) turns on, set without torch._inductor."""
+    script = (
+        "import sys, torch\n"
+        "from pipeline.trainer.runtime import make_deterministic\n"
+        "assert not torch.are_deterministic_algorithms_enabled()\n"
+        "make_deterministic()\n"
+        "print(torch.are_deterministic_algorithms_enabled(), 'torch._inductor' in sys.modules)\n"
+    )
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert shown.stdout.split() == ["True", "False"], shown.stderr

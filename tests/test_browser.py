@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import BIN, ROOT, project_env, run
 from tests.servers import free_port, require, stop, wait_for_http
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.browser
 SCREENSHOTS = ROOT / "test-artifacts"
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

@@ -96,7 +96,7 @@ def test_ui_points_to_a_tracking_server_instead_of_starting_one(monkeypatch):
     assert failed.exit_code == 1 and "cannot read the MLflow store" in failed.output
 
 
-@pytest.mark.slow
+@pytest.mark.server
 def test_ui_serves_the_embedded_store(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -36,7 +36,7 @@ def test_every_service_is_pinned_checked_and_local():
     assert SERVICES["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
-@pytest.mark.slow  # starts the mlflow command
+@pytest.mark.server  # starts the mlflow command
 def test_server_command_uses_only_flags_this_mlflow_accepts():
     command = SERVICES["mlflow"]["command"]
     assert command[:2] == ["mlflow", "server"]

@@ -127,7 +127,7 @@ def _print(command: str, tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 def _marks(block: Shown) -> list[pytest.MarkDecorator]:
-    marks = [pytest.mark.slow] if block.slow else []
+    marks = [pytest.mark.pipeline] if block.slow else []
     if re.search(REQUIRED["lrsched train"], block.command, re.M):
         marks.append(
             pytest.mark.skipif(

@@ -225,7 +225,7 @@ def _train(project: Path, env: dict) -> dict[str, bytes]:
     return train_outputs(project)
 
 
-@pytest.mark.slow  # three trains
+@pytest.mark.pipeline  # three trains
 def test_local_shards_give_the_one_batch_bytes_without_importing_ray(tmp_path):
     document = tiny_document()
     document["train"]["seeds"] = 3
@@ -245,7 +245,7 @@ def test_local_shards_give_the_one_batch_bytes_without_importing_ray(tmp_path):
         assert differing == [], count
 
 
-@pytest.mark.slow  # starts lrsched train
+@pytest.mark.pipeline  # starts lrsched train
 def test_an_unreachable_cluster_stops_train_within_seconds_writing_nothing(project):
     document = yaml.safe_load((project / "params.yaml").read_text())
     address = f"127.0.0.1:{free_port()}"

@@ -90,7 +90,7 @@ def wait_until(condition, seconds: float = 120) -> None:
     raise TimeoutError("condition not met in time")
 
 
-@pytest.mark.slow  # runs the generate and train stages
+@pytest.mark.pipeline  # runs the generate and train stages
 def test_unreachable_server_stops_the_stage_and_writes_nothing(project):
     env = {**project_env(project), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     run([str(BIN / "lrsched"), "generate", "--train", "data/train.csv", "--test", "data/test.csv"],
@@ -103,7 +103,8 @@ def test_unreachable_server_stops_the_stage_and_writes_nothing(project):
     assert not (project / "outputs").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
+@pytest.mark.server
 def test_server_going_away_mid_run_fails_loudly_and_is_cleaned_up_later(tmp_path):
     project = make_project(tmp_path / "project", slow_document())
     port = free_port()
@@ -139,7 +140,7 @@ def test_server_going_away_mid_run_fails_loudly_and_is_cleaned_up_later(tmp_path
         assert (project / output).exists(), output
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_sigkill_halfway_leaves_nothing_trusted_and_repro_recovers(tmp_path):
     project = make_project(tmp_path / "project", slow_document())
     env = project_env(project)
@@ -174,7 +175,7 @@ def test_sigkill_halfway_leaves_nothing_trusted_and_repro_recovers(tmp_path):
     )
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_two_trains_share_the_embedded_store_and_lose_nothing(project):
     env = project_env(project)
     run([str(BIN / "lrsched"), "generate", "--train", "data/train.csv", "--test", "data/test.csv"],
@@ -196,7 +197,7 @@ def test_two_trains_share_the_embedded_store_and_lose_nothing(project):
         assert_whole(store, parent, params)
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_queued_experiments_in_parallel_all_land_in_the_project_store(project):
     """`dvc queue start -j 2` runs each experiment in a temporary copy: none may log elsewhere."""
     env = project_env(project)

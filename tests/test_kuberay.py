@@ -164,7 +164,7 @@ start.make_context("start", sys.argv[1:])
 """
 
 
-@pytest.mark.slow
+@pytest.mark.cluster
 def test_ray_start_accepts_each_groups_command():
     if not (BIN / "ray").exists():
         if os.environ.get("CI"):

@@ -23,7 +23,7 @@ from pipeline.problems import data
 from tests.conftest import BIN, project_env, run, tiny_document
 from tests.servers import free_port, stop, wait_for_http
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.pipeline
 MODEL_NAME = "lrsched-logicnet"
 TRAIN = [
     "train", "--train", "data/train.csv", "--test", "data/test.csv", "--curves", "curves",
@@ -200,6 +200,7 @@ def test_registering_can_be_turned_off(project, store):
     assert MlflowClient(store).search_registered_models() == []
 
 
+@pytest.mark.server
 def test_mlflow_models_serve_answers_as_the_pytorch_model(project, store):
     train(project)
     points = data.read_test_sets(project / "data/test.csv")[0.2].features[:50]

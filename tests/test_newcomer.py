@@ -287,7 +287,7 @@ def _unrecognised(shown: Shown) -> str:
     return f"{shown.where}: {shown.command!r} is neither a command this test knows nor a file{hint}"
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_every_command_shown_runs_as_shown_in_a_fresh_shell(tmp_path: Path):
     home = tmp_path / "home"
     home.mkdir()

@@ -205,7 +205,7 @@ def _params_of(cases: list) -> list:
         except ParamsError:
             marks = []
         else:
-            marks = [pytest.mark.slow]
+            marks = [pytest.mark.pipeline]
         params.append(pytest.param(break_params, expected, id=name, marks=marks))
     return params
 

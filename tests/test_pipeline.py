@@ -14,9 +14,9 @@ from mlflow.tracking import MlflowClient
 from pipeline.core import files
 from pipeline.reporting import curves
 from pipeline.tracking.store import OUTPUTS_TAG
-from tests.conftest import GIT, make_project, project_env, run
+from tests.conftest import GIT, copy_project, project_env, run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.pipeline
 
 OUTPUTS = [
     "data/train.csv",
@@ -48,14 +48,13 @@ def stages_run(output: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    """One project, taken through the whole life of a change; each test reads what it needs."""
-
-    root = make_project(tmp_path_factory.mktemp("e2e") / "project")
+def pipeline_run(reproduced, tmp_path_factory):
+    """One project, taken through the whole life of a change; each test reads what it needs.
+    Its first `dvc repro` is the session's (``reproduced``), copied."""
+    root = copy_project(reproduced["root"], tmp_path_factory.mktemp("e2e") / "project")
     env = project_env(root)
     git = GIT
-    record = {"root": root, "env": env}
-    record["first"] = run(["dvc", "repro"], root, env).stdout
+    record = {"root": root, "env": env, "first": reproduced["output"]}
     record["lock"] = (root / "dvc.lock").read_bytes()
     record["digests"] = digests(root)
     record["unchanged"] = run(["dvc", "repro"], root, env).stdout

@@ -119,7 +119,7 @@ def _network_namespace() -> list[str]:
     return command if probe.returncode == 0 else []
 
 
-@pytest.mark.slow
+@pytest.mark.browser
 def test_plots_show_and_diff_draw_every_line_with_the_network_off(reproduced, tmp_path):
     chromium = shutil.which("chromium")
     require("Debian's chromium", chromium is not None)

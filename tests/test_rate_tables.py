@@ -37,7 +37,7 @@ def spec_of(raw: dict[str, Any], epochs: int) -> ScheduleSpec:
     return parse_spec("case", raw, epochs)
 
 
-@pytest.mark.slow
+@pytest.mark.compute
 @pytest.mark.parametrize("budget", list(COMPARED))
 @pytest.mark.parametrize("name", list(search.DEFAULT_SPACES))
 def test_every_default_space_matches_torch(name: str, budget: int) -> None:

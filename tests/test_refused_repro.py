@@ -17,7 +17,7 @@ import yaml
 
 from tests.conftest import copy_project, run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.pipeline
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int, int]]:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import GIT, make_project, project_env, run
+from tests.conftest import GIT, copy_project, project_env, run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.pipeline
 
 FOLDERS = ("data", "outputs", "figures")
 
@@ -60,15 +60,15 @@ def in_remote(remote: Path, md5: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def round_trip(tmp_path_factory):
+def round_trip(reproduced, tmp_path_factory):
     base = tmp_path_factory.mktemp("remote")
     origin, remote, clone = base / "origin", base / "storage", base / "clone"
-    origin = make_project(origin)
+    origin = copy_project(reproduced["root"], origin)
     env = project_env(origin)
     record = {"origin": origin, "remote": remote, "clone": clone}
 
-    # The author: run, commit the lock file and the git-tracked outputs, add the remote, push.
-    record["first"] = run(["dvc", "repro"], origin, env).stdout
+    # The author (the session's `dvc repro`, copied): commit the lock file and the git-tracked
+    # outputs, add the remote, push.
     run([*GIT, "add", "-A"], origin, env)
     run([*GIT, "commit", "-qm", "first run"], origin, env)
     run(["dvc", "remote", "add", "-d", "storage", str(remote)], origin, env)

@@ -15,7 +15,7 @@ import yaml
 
 from tests.conftest import ROOT, copy_project, run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.pipeline
 
 
 # The folder rules, as in dvc.yaml: pipeline/tracking/ only carries MLflow records (where the

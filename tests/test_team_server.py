@@ -14,7 +14,7 @@ from tests.conftest import BIN, make_project, project_env, run
 from tests.servers import mlflow_server, postgres
 from tests.test_models import newest_train, torch_probabilities
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.server
 
 
 def test_pipeline_against_a_postgres_backed_server_matches_the_embedded_store(

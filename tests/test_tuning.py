@@ -44,7 +44,7 @@ def tuned(params, data):
     return tuning.run_protocol(params, data, CPU)
 
 
-@pytest.mark.slow
+@pytest.mark.compute
 def test_every_schedule_gets_the_same_number_of_trials(params, tuned):
     plan = params.search
     for workload in params.workloads:
@@ -60,7 +60,7 @@ def test_every_schedule_gets_the_same_number_of_trials(params, tuned):
     assert not len(tuned.rows("OneCycleLR", "circles"))
 
 
-@pytest.mark.slow
+@pytest.mark.compute
 def test_the_draws_repeat_from_the_seed(params):
     workload = params.workloads[0]
     first = tuning.draw_trials(params, workload)
@@ -78,7 +78,7 @@ def test_the_draws_repeat_from_the_seed(params):
     assert ours == [t.lr for t in alone if t.schedule == reference]
 
 
-@pytest.mark.slow
+@pytest.mark.compute
 def test_times_follow_the_evaluated_curves(params, tuned):
     """A trial's time is an evaluated update (a multiple of eval_every, or the last one), and a
     trial reached its target exactly when its lowest evaluated loss is at or below it."""
@@ -91,7 +91,7 @@ def test_times_follow_the_evaluated_curves(params, tuned):
             assert time % every == 0 or time == budgets[trial.workload]
 
 
-@pytest.mark.slow
+@pytest.mark.compute
 def test_the_target_is_the_median_of_the_references_reruns(tuned, params):
     for target in tuned.targets.values():
         bests = target["rerun_bests"]
@@ -107,7 +107,7 @@ def test_the_target_is_the_median_of_the_references_reruns(tuned, params):
         assert reached >= len(runs) // 2, (workload.name, reached)
 
 
-@pytest.mark.slow
+@pytest.mark.compute
 def test_selection_never_reads_the_test_set(params, data, tuned):
     """Corrupt every test set (labels flipped): every choice, target and trial time stays; the
     re-runs, which are measured on the test set, change."""
@@ -138,7 +138,7 @@ def test_selection_never_reads_the_test_set(params, data, tuned):
     assert tuning.run_protocol(params, misled, CPU).chosen != tuned.chosen
 
 
-@pytest.mark.slow
+@pytest.mark.compute
 def test_a_chosen_setting_alone_gives_the_numbers_of_the_batch(params, data, tuned):
     """Re-run alone (a batch of one), then as a plain torch loop (the twin): the same curve."""
     workload = params.workloads[0]
@@ -168,7 +168,7 @@ def test_a_chosen_setting_alone_gives_the_numbers_of_the_batch(params, data, tun
         )
 
 
-@pytest.mark.slow
+@pytest.mark.compute
 def test_scores_follow_the_protocol(params, tuned):
     scores = score(params, tuned)
     tuned_names = [w.name for w in params.workloads if not w.held_out]
@@ -186,7 +186,7 @@ def test_scores_follow_the_protocol(params, tuned):
     assert set(scores.test) == {w.name for w in params.workloads}
 
 
-@pytest.mark.slow
+@pytest.mark.compute
 def test_the_edge_flag_fires_where_the_range_cuts_off_the_best_rate():
     """Rates so small that the largest always trains best: the choice sits at the top end."""
     document = tiny_document()
@@ -229,7 +229,7 @@ def test_bad_tuning_params_name_the_key(change, message):
         parse_comparison(document)
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 def test_the_stage_writes_scores_for_dvc_and_mlflow(reproduced):
     """`dvc repro` ran tune: its outputs, `dvc metrics show`, the report, the MLflow runs."""
     root, env = reproduced["root"], reproduced["env"]
@@ -265,7 +265,7 @@ def test_the_stage_writes_scores_for_dvc_and_mlflow(reproduced):
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
 
 
-@pytest.mark.slow
+@pytest.mark.compute
 def test_the_numbers_do_not_depend_on_how_many_processes_train(params, data, tuned):
     """One process, or three at once on however many cores: the same trials, choices, targets
     and re-runs to the last bit (each workload trains single-threaded wherever it runs)."""

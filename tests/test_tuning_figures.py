@@ -155,7 +155,7 @@ def test_writes_four_readable_pngs(tmp_path):
             assert width > 300 and height > 200
 
 
-@pytest.mark.slow
+@pytest.mark.compute
 def test_the_same_inputs_give_the_same_bytes(tmp_path, baseline):
     result, scores = _result_and_scores()
     assert _draw(tmp_path, result, scores) == baseline
@@ -195,7 +195,7 @@ def _never(result, scores):
     cells["constant"] = replace(cells["constant"], median_time=math.inf, reached=0.2)
 
 
-@pytest.mark.slow
+@pytest.mark.compute
 @pytest.mark.parametrize(
     ("change", "changed"),
     [

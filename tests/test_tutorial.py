@@ -12,7 +12,7 @@ from pipeline.problems.model import LogicNet
 from pipeline.trainer.runtime import make_deterministic
 from tests.reference import train_reference
 
-pytestmark = pytest.mark.slow  # the tutorial's 1000 updates, six times over
+pytestmark = pytest.mark.compute  # the tutorial's 1000 updates, six times over
 EPOCHS = 1000  # the tutorial's own numbers, whole
 
 

@@ -30,7 +30,7 @@ def count(*prefix: str) -> list[str]:
     ).stdout.split()
 
 
-@pytest.mark.slow
+@pytest.mark.pipeline
 @pytest.mark.parametrize("cpus", ["0", "0,1"])
 def test_a_stage_counts_the_cpus_it_may_use(cpus):
     require("taskset (util-linux)", shutil.which("taskset") is not None)

@@ -24,7 +24,10 @@ def make_deterministic() -> None:
     """Same inputs, same bits: deterministic kernels and one CPU thread."""
     # cuBLAS needs a fixed workspace to be deterministic; it must be set before CUDA starts.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
+    # What torch.use_deterministic_algorithms(True) sets for eager kernels, without the import
+    # of torch._inductor it also does (for an inductor flag; nothing here compiles): 1.2 s of
+    # every stage's start.
+    torch._C._set_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
