@@ -79,6 +79,25 @@ def shrink_tuning(document: dict, epochs: int = 60, full: bool = False) -> dict:
     return document
 
 
+def lean_document(
+    schedulers: tuple[str, ...] | None = ("constant", "StepLR", "growing_batch"),
+    epochs: int = 120,
+) -> dict:
+    """Tiny params with the tuning at its smallest (one workload tuned, one held out, two
+    schedules) and only ``schedulers`` trained (all with None): for tests whose subject is
+    where the runs go or what survives a fault, not what they compute."""
+    document = tiny_document(epochs)
+    if schedulers is not None:
+        document["schedulers"] = {name: document["schedulers"][name] for name in schedulers}
+    document["workloads"] = [w for w in document["workloads"] if w["name"] in LEAN_WORKLOADS]
+    spaces = document["search"]["spaces"]
+    document["search"]["spaces"] = {name: spaces[name] for name in ("constant", "StepLR")}
+    return document
+
+
+LEAN_WORKLOADS = ("tutorial", "circles")
+
+
 @pytest.fixture
 def tiny() -> dict:
     return tiny_document()

@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from stages.plot import FIGURES
-from tests.conftest import BIN, ROOT, make_project, project_env, run, tiny_document
+from tests.conftest import BIN, ROOT, lean_document, make_project, project_env, run
 from tests.servers import ENTRYPOINT, AuthServer, mlflow_auth_server, postgres, require
 from tests.test_models import newest_train
 
@@ -277,21 +277,12 @@ def test_members_change_their_own_password_and_no_one_elses(team):
     assert status == 200
 
 
-KEPT_WORKLOADS = ("tutorial", "circles")
-
-
 @pytest.mark.server
 def test_the_pipeline_logs_everything_with_a_writers_credentials(team, tmp_path):
     # The tuning at its smallest (a workload tuned, one held out, two schedules) and three
     # trained schedules: each child run is one more round of HTTP calls, and the subject here is
     # who may write, not what the runs compute (tests/test_team_server.py takes every schedule).
-    document = tiny_document()
-    kept = ("constant", "StepLR", "growing_batch")
-    document["schedulers"] = {name: document["schedulers"][name] for name in kept}
-    document["workloads"] = [w for w in document["workloads"] if w["name"] in KEPT_WORKLOADS]
-    spaces = document["search"]["spaces"]
-    document["search"]["spaces"] = {name: spaces[name] for name in ("constant", "StepLR")}
-    project = make_project(tmp_path / "project", document)
+    project = make_project(tmp_path / "project", lean_document())
     env = project_env(project) | {
         "MLFLOW_TRACKING_URI": team.server.url,
         "MLFLOW_TRACKING_USERNAME": team.writer[0],

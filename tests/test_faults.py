@@ -13,7 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.tracking.records import store_lock
-from tests.conftest import BIN, make_project, project_env, run, tiny_document
+from tests.conftest import BIN, lean_document, make_project, project_env, run
 from tests.servers import free_port, mlflow_server, stop
 
 TRAIN_OUTPUTS = [
@@ -47,9 +47,8 @@ def train_command(tag: str = "") -> list[str]:
 
 
 def slow_document() -> dict:
-    """Long enough (about 10 s of training) to be stopped halfway."""
-    document = tiny_document(epochs=1500)
-    return document
+    """Long enough (about 10 s of training) to be stopped halfway; the tuning at its smallest."""
+    return lean_document(schedulers=None, epochs=1500)
 
 
 def runs(uri: str, status: str | None = None, kind: str | None = None) -> list:
@@ -198,8 +197,9 @@ def test_two_trains_share_the_embedded_store_and_lose_nothing(project):
 
 
 @pytest.mark.pipeline
-def test_queued_experiments_in_parallel_all_land_in_the_project_store(project):
+def test_queued_experiments_in_parallel_all_land_in_the_project_store(tmp_path):
     """`dvc queue start -j 2` runs each experiment in a temporary copy: none may log elsewhere."""
+    project = make_project(tmp_path / "project", lean_document())
     env = project_env(project)
     for seeds in (2, 3):
         run([str(BIN / "dvc"), "exp", "run", "--queue", "-S", f"train.seeds={seeds}",
