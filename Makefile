@@ -11,7 +11,7 @@ export PATH := $(BIN):$(PATH)
 # from a shell that was never activated: scripts/venv_path.py, run at every interpreter start
 # from a .pth file in the venv. The stamp depends on it, so an existing venv gets the current one.
 
-.PHONY: run test check lint format bench image-test clean
+.PHONY: run test check lint format bench image-test test-times clean
 
 # What it prints last runs as shown from the project root, in any shell (tests/test_newcomer.py).
 run: $(VENV)/.path  ## run the whole pipeline on params.yaml
@@ -25,7 +25,7 @@ run: $(VENV)/.path  ## run the whole pipeline on params.yaml
 test: lint  ## lint, then the whole test suite (what CI runs)
 	pytest
 
-check: lint  ## the inner loop, about 2 minutes: lint, then the fast tests (no pipeline runs)
+check: lint  ## the inner loop: lint, then the fast tests (no pipeline, server, browser...)
 	pytest -m "not slow"
 
 lint: $(VENV)/.test $(VENV)/.path  ## ruff check, ruff format --check, mypy (pipeline/, stages/), hadolint, function length
@@ -41,6 +41,10 @@ format: $(VENV)/.test $(VENV)/.path
 
 bench: $(VENV)/.path  ## time the pipeline against the tutorial-style reference
 	python scripts/benchmark.py
+
+test-times: $(VENV)/.test $(VENV)/.path  ## the whole suite, timed into docs/testing.md's table
+	pytest --junitxml=test-artifacts/suite.xml
+	python scripts/test_times.py test-artifacts/suite.xml
 
 image-test: $(VENV)/.path  ## build the CPU image with podman, dvc repro in it, compare with the host (root)
 	python scripts/image_test.py

@@ -25,6 +25,8 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,3 +258,24 @@ def test_the_params_reference_states_each_keys_default_as_the_code_has_it():
         key: (documented[key], value) for key, value in code.items() if documented[key] != value
     }
     assert not wrong, f"docs/params.md's default (documented, code) differs: {wrong}"
+
+
+def test_the_time_table_lists_every_test_file_as_pytest_collects_it():
+    """docs/testing.md's measured times (scripts/test_times.py) cover the suite as it is now."""
+    testing = (ROOT / "docs" / "testing.md").read_text()
+    block = testing.split("<!-- test-times: begin -->")[1].split("<!-- test-times: end -->")[0]
+    documented = {
+        row[0].strip(" `"): int(row[1])
+        for row in (line.strip("| ").split(" | ") for line in block.splitlines())
+        if row[0].startswith("`test_")
+    }
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    collected = Counter(
+        line.split("::")[0].removeprefix("tests/") for line in listed.splitlines() if "::" in line
+    )
+    assert documented == dict(collected), (
+        "docs/testing.md's time table is stale: run `make test-times`"
+    )

@@ -175,6 +175,7 @@ def reproductions(tmp_path_factory) -> dict[str, dict[str, str] | BaseException]
 
 
 @pytest.mark.emulation
+@pytest.mark.timeout(900)  # the four emulated runs, on a busy day: the fixture's own limit holds
 @pytest.mark.parametrize("model", CPU_MODELS.values(), ids=CPU_MODELS.keys())
 def test_every_stage_gives_the_same_bytes_on_another_cpu(reproductions, model):
     native, emulated = reproductions["native"], reproductions[model]
