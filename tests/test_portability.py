@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from pipeline.core import portable
-from tests.conftest import project_env, run, tiny_document
+from tests.conftest import LEAN_WORKLOADS, project_env, run, tiny_document
 from tests.servers import require
 
 QEMU = shutil.which("qemu-x86_64")
@@ -77,7 +77,7 @@ def small_document() -> dict:
     document = tiny_document(epochs=120)
     document["schedulers"] = {name: document["schedulers"][name] for name in TRAINED}
     document["workloads"] = [
-        {**w, "epochs": 30} for w in document["workloads"] if w["name"] in ("tutorial", "circles")
+        {**w, "epochs": 30} for w in document["workloads"] if w["name"] in LEAN_WORKLOADS
     ]
     keep = ("constant", "ReduceLROnPlateau", "warmup_cosine", "OneCycleLR")
     document["search"]["spaces"] = {k: document["search"]["spaces"][k] for k in keep}
