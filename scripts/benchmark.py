@@ -1,9 +1,15 @@
 """Time the pipeline against the tutorial-style reference, side by side, on this machine.
 
     python scripts/benchmark.py [--repeat N]
+    python scripts/benchmark.py --against REV [--params FILE] [--repeat N]
 
 Each measurement is a whole process (start-up included) in a fresh temporary copy of the project
 with a fresh SQLite store, so nothing is cached between runs. Prints a markdown table.
+
+``--against REV`` times every stage alone (``dvc repro -f -s STAGE``, after one ``dvc repro``
+filled the project) with this checkout's code and with git revision ``REV``'s, the two taking
+turns in each round, so that both see the same machine. ``--params FILE`` runs them on another
+params file (the tests' tiny params, say) instead of ``params.yaml``.
 """
 
 from __future__ import annotations
@@ -46,15 +52,18 @@ def tune_summary(stdout: str) -> str:
     return line.split("; best")[0]
 
 
-def fresh_project(base: Path) -> Path:
+def fresh_project(base: Path, code: Path = ROOT, params: Path | None = None) -> Path:
+    """A git + DVC project in ``base`` with the files and code of the checkout at ``code``."""
     root = base / "project"
     root.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(ROOT / name, root / name)
-    shutil.copytree(ROOT / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+        shutil.copy(code / name, root / name)
+    if params is not None:
+        shutil.copy(params, root / "params.yaml")
+    shutil.copytree(code / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     for package in ("pipeline", "stages"):
         shutil.copytree(
-            ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+            code / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
         )
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     for command in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "bench"]):
@@ -67,13 +76,61 @@ def set_seeds(params_path: Path, seeds: int) -> None:
     params_path.write_text(text.replace("  seeds: 1 ", f"  seeds: {seeds} ", 1))
 
 
+def bench_env(code: Path) -> dict[str, str]:
+    """The environment a stage runs in, importing the code of the checkout at ``code``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(code)
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def compare(revision: str, repeat: int, params: Path | None) -> None:
+    """Each stage alone, this checkout's code against ``revision``'s, taking turns."""
+    with tempfile.TemporaryDirectory() as scratch:
+        old = Path(scratch) / "old"
+        old.mkdir()
+        archive = subprocess.run(
+            ["git", "archive", revision], cwd=ROOT, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        codes = {"this checkout": ROOT, revision: old}
+        timings = {(name, stage): [] for name in codes for stage in (*STAGES, "repro")}
+        for round_ in range(repeat):
+            for name, code in codes.items():
+                with tempfile.TemporaryDirectory() as run_dir:
+                    project, env = fresh_project(Path(run_dir), code, params), bench_env(code)
+                    timings[name, "repro"].append(timed(["dvc", "repro"], project, env))
+                    for stage in STAGES:
+                        command = ["dvc", "repro", "-f", "-s", stage]
+                        timings[name, stage].append(timed(command, project, env))
+            print(f"round {round_ + 1} of {repeat} done", file=sys.stderr)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs"
+    print(f"machine: {machine}; params: {params or 'params.yaml'}")
+    print(f"median of {repeat} runs each, seconds (the runs in brackets)\n")
+    print(f"| measurement | this checkout | {revision} | ratio |")
+    print("| --- | ---: | ---: | ---: |")
+    labels = {"repro": "`dvc repro`: all 4 stages, fresh project"}
+    for stage in ("repro", *STAGES):
+        new, old_runs = timings["this checkout", stage], timings[revision, stage]
+        ratio = statistics.median(new) / statistics.median(old_runs)
+        cells = [f"{statistics.median(r):.1f} ({', '.join(f'{v:.1f}' for v in r)})"
+                 for r in (new, old_runs)]  # fmt: skip
+        label = labels.get(stage, f"`dvc repro -f -s {stage}`")
+        print(f"| {label} | {cells[0]} | {cells[1]} | {ratio:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement")
-    repeat = parser.parse_args().repeat
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = str(ROOT)
+    parser.add_argument("--against", metavar="REV", help="also time git revision REV's code")
+    parser.add_argument("--params", type=Path, help="with --against: this params file")
+    arguments = parser.parse_args()
+    repeat = arguments.repeat
+    if arguments.against:
+        compare(arguments.against, repeat, arguments.params)
+        return
+    env = bench_env(ROOT)
     timings: dict[str, list[float]] = {
         "reference": [], "repro": [], "noop": [], "sweep": [], **{s: [] for s in STAGES}
     }  # fmt: skip

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -171,7 +172,8 @@ def project(tmp_path: Path) -> Path:
 
 # A sitecustomize for the stages' processes: every project module a process imports is logged
 # with the process, its parent and its `lrsched` command, so that a test can tell what each
-# stage really ran (module-level and function-level imports, in every process it started).
+# stage really ran (module-level and function-level imports, in every process it started), and
+# how each process ended.
 IMPORT_TRACER = """
 import os
 import sys
@@ -189,22 +191,57 @@ class _ImportTracer:
 
 if os.environ.get("LRSCHED_IMPORT_LOG"):
     sys.meta_path.insert(0, _ImportTracer())
+
+
+# How the process ends: "atexit" when the exit handlers run, "teardown" when the interpreter
+# frees this module (a normal exit does both; `exit_now` only the first).
+if os.environ.get("LRSCHED_EXIT_LOG"):
+    import atexit
+
+    def _log_exit(event, path=os.environ["LRSCHED_EXIT_LOG"], getpid=os.getpid, open=open):
+        with open(path, "a") as log:
+            log.write(f"{getpid()}\\t{event}\\n")
+
+    class _Teardown:
+        def __del__(self, log=_log_exit):
+            log("teardown")
+
+    atexit.register(_log_exit, "atexit")
+    _teardown = _Teardown()
 """
 
 
-def traced_imports(log: Path) -> dict[str, set[str]]:
-    """``lrsched`` command -> the project modules its process and its children imported."""
-    rows = [line.split("\t") for line in log.read_text().splitlines()]
+@dataclass(frozen=True)
+class Traced:
+    """What the tracer logged: every project module each ``lrsched`` command's processes
+    imported, and how each of those processes ended."""
+
+    imports: dict[str, set[str]]  # command -> modules, its process's and its children's
+    endings: dict[str, dict[str, tuple[str, ...]]]  # command -> pid -> events, in order
+
+
+def traced(import_log: Path, exit_log: Path) -> Traced:
+    rows = [line.split("\t") for line in import_log.read_text().splitlines()]
     command_of = {pid: command for pid, _, command, _ in rows if command != "-"}
     parent_of = {pid: ppid for pid, ppid, _, _ in rows}
-    found: dict[str, set[str]] = {}
-    for pid, _, _, module in rows:
+
+    def command(pid: str) -> str:
         process, seen = pid, set()
         while process not in command_of and process in parent_of and process not in seen:
             seen.add(process)
             process = parent_of[process]  # a spawned child (the MLflow process): its parent's
-        found.setdefault(command_of.get(process, "-"), set()).add(module)
-    return found
+        return command_of.get(process, "-")
+
+    imports: dict[str, set[str]] = {}
+    for pid, _, _, module in rows:
+        imports.setdefault(command(pid), set()).add(module)
+    events: dict[str, list[str]] = {}
+    for pid, event in (line.split("\t") for line in exit_log.read_text().splitlines()):
+        events.setdefault(pid, []).append(event)
+    endings: dict[str, dict[str, tuple[str, ...]]] = {}
+    for pid in parent_of:  # the processes that imported project code, not DVC's own
+        endings.setdefault(command(pid), {})[pid] = tuple(events.get(pid, ()))
+    return Traced(imports, endings)
 
 
 @pytest.fixture(scope="session")
@@ -217,11 +254,13 @@ def reproduced(tmp_path_factory) -> dict:
     root = make_project(tmp_path_factory.mktemp("reproduced") / "project")
     tracer = tmp_path_factory.mktemp("tracer")
     (tracer / "sitecustomize.py").write_text(IMPORT_TRACER)
-    log = tracer / "imports.log"
+    logs = {"LRSCHED_IMPORT_LOG": tracer / "imports.log", "LRSCHED_EXIT_LOG": tracer / "exits.log"}
     env = project_env(root)
-    traced_env = {**env, "PYTHONPATH": str(tracer), "LRSCHED_IMPORT_LOG": str(log)}
+    traced_env = {**env, "PYTHONPATH": str(tracer), **{k: str(v) for k, v in logs.items()}}
     output = run(["dvc", "repro"], root, traced_env).stdout
-    return {"root": root, "env": env, "imports": traced_imports(log), "output": output}
+    trace = traced(*logs.values())
+    return {"root": root, "env": env, "imports": trace.imports, "endings": trace.endings,
+            "output": output}  # fmt: skip
 
 
 def copy_project(source: Path, target: Path) -> Path:

@@ -18,7 +18,7 @@ import yaml
 
 from pipeline.config.params import ExecutionParams, parse_params
 from pipeline.core.validation import ParamsError
-from pipeline.engines import execution, shards
+from pipeline.engines import execution, shards, units
 from pipeline.problems import data
 from pipeline.trainer.batched import Setup, replicate_finals, train_batch
 from stages import generate
@@ -106,11 +106,11 @@ def test_auto_cuts_a_shard_per_cpu_and_more_only_where_each_stays_large(cpus, re
     count = execution.cpu_shards(replicates, cpus, steps)
     updates = replicates * steps
     assert 1 <= count <= min(replicates, cpus * execution.SHARDS_PER_CPU)
-    if updates < cpus * execution.MIN_SPLIT_UPDATES:
+    if updates < cpus * units.MIN_SPLIT_UPDATES:
         # Too small for every CPU: a worker only for each MIN_SPLIT_UPDATES (one, at least).
         assert count < cpus or cpus == 1
-        assert count == 1 or updates // count >= execution.MIN_SPLIT_UPDATES
-        assert count == min(max(1, updates // execution.MIN_SPLIT_UPDATES), replicates)
+        assert count == 1 or updates // count >= units.MIN_SPLIT_UPDATES
+        assert count == min(max(1, updates // units.MIN_SPLIT_UPDATES), replicates)
         return
     # Every CPU gets as many shards (none waits out a last round alone); more than one each
     # only where every shard keeps MIN_SHARD replicates (a batch's per-step overhead) and
@@ -119,9 +119,9 @@ def test_auto_cuts_a_shard_per_cpu_and_more_only_where_each_stays_large(cpus, re
     assert cpus <= count
     if count > cpus:
         assert replicates // count >= execution.MIN_SHARD
-        assert updates // count >= execution.MIN_SPLIT_UPDATES
+        assert updates // count >= units.MIN_SPLIT_UPDATES
     wanted = cpus * execution.SHARDS_PER_CPU
-    if min(replicates // execution.MIN_SHARD, updates // execution.MIN_SPLIT_UPDATES) >= wanted:
+    if min(replicates // execution.MIN_SHARD, updates // units.MIN_SPLIT_UPDATES) >= wanted:
         assert count == wanted
 
 

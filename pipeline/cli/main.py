@@ -8,6 +8,8 @@ import importlib
 
 import click
 
+from pipeline.core.process_exit import exit_now
+
 # command -> the module that defines it, as a click command of the same name.
 COMMANDS = {
     "generate": "pipeline.cli.generate",
@@ -43,5 +45,10 @@ def cli() -> None:
 
 
 def main() -> None:
-    """The ``lrsched`` command."""
-    cli()
+    """The ``lrsched`` command. It ends without the interpreter's teardown
+    (:mod:`pipeline.core.process_exit`): a stage's last output is written by then."""
+    try:
+        cli()
+    except SystemExit as ended:  # click ends every command this way, failed or not
+        exit_now(ended.code)
+    exit_now(0)

@@ -314,9 +314,9 @@ def run_protocol(
     read after every choice is made, by the re-runs.
 
     Workloads train in ``workers`` processes at once (by default one per CPU this process may
-    use; one on a GPU), each on one thread: a workload's numbers do not depend on how many
-    run beside it, so the bytes are the same with one worker or many, or on a Ray cluster's
-    nodes (``engine``; by default this machine's processes).
+    use, as the work repays them; one on a GPU), each on one thread: a workload's numbers do
+    not depend on how many run beside it, so the bytes are the same with one worker or many,
+    or on a Ray cluster's nodes (``engine``; by default this machine's processes).
     """
     plan = params.search
     workloads = params.workloads
@@ -327,11 +327,12 @@ def run_protocol(
         from pipeline.engines.execution import LocalEngine
 
         engine = LocalEngine(device.type)
-    with engine.pool(_worker_count(workers, device, len(workloads)), progress) as pool:
+    costs = [_cost(params, w) for w in workloads]
+    with engine.pool(_worker_count(workers, device, costs), progress) as pool:
         tuned_units = pool.map(
             tune_workload,
             [(params, w, data[w.name], str(device)) for w in workloads],
-            costs=[_cost(params, w) for w in workloads],
+            costs=costs,
         )
         placements = {w.name: [p] for w, p in zip(workloads, pool.placements, strict=True)}
         result = _gathered(workloads, tuned_units, seeds)
@@ -384,16 +385,20 @@ def _gathered(
     )
 
 
-def _worker_count(workers: int | None, device: torch.device, units_count: int) -> int:
+def _worker_count(workers: int | None, device: torch.device, costs: Sequence[float]) -> int:
+    """``workers``, or by default one per CPU this process may use, but only as many as the
+    tuning's run-updates repay (a toy tuning trains in the stage's own process); never more
+    than the workloads."""
     if device.type != "cpu":
         return 1  # one GPU: its kernels already run in parallel
     if workers is None:
-        workers = units.usable_cpus()
-    return max(1, min(workers, units_count))
+        workers = min(units.usable_cpus(), units.worth_workers(sum(costs)))
+    return max(1, min(workers, len(costs)))
 
 
 def _cost(params: ComparisonParams, workload: Workload) -> float:
-    """A workload's share of the training, to hand the largest out first."""
+    """A workload's run-updates (its trials x their updates): the largest start first, and
+    the total says how many workers the tuning repays."""
     plan = params.search
     count = params.tuning.target.trials * plan.studies
     if not workload.held_out:

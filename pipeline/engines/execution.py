@@ -41,10 +41,6 @@ WARM_WAIT_S = 60.0  # the longest the first units wait for the workers warming f
 # docs/cluster.md#speed): from 8,000 replicates on, that overhead is under 2% of a shard.
 MIN_SHARD = 8000
 SHARDS_PER_CPU = 4
-# A shard of fewer replicate-updates than this is not cut further: halving it saves less time
-# than starting the second worker costs (a Ray worker that imports torch: 1.5 to 3 s of CPU;
-# a replicate-update: 7 to 15 us; docs/cluster.md#speed).
-MIN_SPLIT_UPDATES = 500_000
 
 
 class ExecutionError(RuntimeError):
@@ -230,12 +226,12 @@ def environment() -> dict[str, str]:
 
 def cpu_shards(replicates: int, cpus: int, steps: int) -> int:
     """How many shards ``replicates`` of ``steps`` updates each are cut into for ``cpus``
-    CPUs. A small sweep takes fewer shards than CPUs, none under :data:`MIN_SPLIT_UPDATES`
-    (one, at least); a larger one as many per CPU, one, or more where the sweep is large (up
+    CPUs. A small sweep takes fewer shards than CPUs, as many as :func:`units.worth_workers`
+    allows; a larger one as many per CPU, one, or more where the sweep is large (up
     to :data:`SHARDS_PER_CPU`, none under :data:`MIN_SHARD` replicates or that many updates),
     so that a faster or less busy node takes more of them and the sweep does not wait on the
     slowest."""
-    worth_a_worker = max(1, replicates * steps // MIN_SPLIT_UPDATES)
+    worth_a_worker = units.worth_workers(replicates * steps)
     if worth_a_worker < cpus:
         return min(worth_a_worker, replicates)
     per_cpu = min(replicates // MIN_SHARD, worth_a_worker) // cpus

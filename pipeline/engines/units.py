@@ -20,6 +20,10 @@ from typing import Any
 Progress = Callable[[int], None]
 _REPORT_EVERY_S = 0.2  # how often a worker sends its count: a few messages a second
 _queue: Any = None  # in a worker: where its progress goes
+# A job of fewer run-updates than this per worker is not split further: halving it saves less
+# time than starting the second worker costs (a process that imports torch: 1.5 to 3 s of CPU;
+# a run-update: 7 to 15 us; docs/cluster.md#speed).
+MIN_SPLIT_UPDATES = 500_000
 
 
 def usable_cpus() -> int:
@@ -28,6 +32,12 @@ def usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def worth_workers(updates: float) -> int:
+    """How many workers a job of ``updates`` run-updates repays: one per
+    :data:`MIN_SPLIT_UPDATES`, one at least."""
+    return max(1, int(updates // MIN_SPLIT_UPDATES))
 
 
 def _start_worker(progress_queue: Any) -> None:
