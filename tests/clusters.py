@@ -128,11 +128,15 @@ class Cluster:
 
 @contextlib.contextmanager
 def two_nodes(
-    worker_niceness: int | None = None, object_store_bytes: int = 100_000_000
+    worker_niceness: int | None = None,
+    object_store_bytes: int = 100_000_000,
+    prompt_death: bool = False,
 ) -> Iterator[Cluster]:
     """A head and a worker, one CPU each, in a fresh namespace; all of it gone afterwards.
     ``worker_niceness``: the nice value of the Ray workers (Ray's default: 15);
-    ``object_store_bytes``: each node's object store (small by default: the tests' results are)."""
+    ``object_store_bytes``: each node's object store (small by default: the tests' results are);
+    ``prompt_death``: the head declares a silent node dead after about 5 s, not Ray's 15 to 30
+    (a health check a second, 2 s to answer, 3 missed in a row): for a test that kills one."""
     available()
     holder = subprocess.Popen(
         ["unshare", "--net", "--", "sh", "-c", "ip link set lo up && exec sleep infinity"],
@@ -148,6 +152,12 @@ def two_nodes(
     )
     if worker_niceness is not None:
         env["RAY_worker_niceness"] = str(worker_niceness)
+    if prompt_death:  # Ray's config, read from RAY_<name> when each process starts
+        env.update(
+            RAY_health_check_period_ms="1000",
+            RAY_health_check_timeout_ms="2000",
+            RAY_health_check_failure_threshold="3",
+        )
     cluster = Cluster(holder, temp_dir, env, object_store_bytes)
     try:
         deadline = time.monotonic() + 10

@@ -136,7 +136,7 @@ def test_a_killed_driver_leaves_its_runs_failed_and_its_tasks_stopped(cluster, t
 
 
 def test_a_worker_node_killed_mid_sweep_loses_and_repeats_no_run(tmp_path):
-    with two_nodes() as cluster:  # its own: it loses a node
+    with two_nodes(prompt_death=True) as cluster:  # its own: it loses a node
         _kill_a_worker_node_mid_sweep(cluster, tmp_path)
 
 
