@@ -85,6 +85,11 @@ class Server:
     log: Path
 
 
+# As docker/compose.yaml runs the server: without MLflow's job runner (seven processes, each
+# importing MLflow, for GenAI scorers and trace roll-ups, which this project never logs).
+NO_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 @contextlib.contextmanager
 def mlflow_server(backend_uri: str, folder: Path, port: int | None = None) -> Iterator[Server]:
     """``mlflow server`` with its own artifact store, proxied (``mlflow-artifacts:``)."""
@@ -96,7 +101,7 @@ def mlflow_server(backend_uri: str, folder: Path, port: int | None = None) -> It
         "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | NO_JOBS
     url = f"http://127.0.0.1:{port}"
     with _serving(command, env, url, log) as process:
         yield Server(url, process, log)
@@ -177,7 +182,7 @@ def mlflow_auth_server(
         "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | NO_JOBS
     env |= {
         "MLFLOW_AUTH_DATABASE_URI": backend_uri,
         "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(secret),

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -117,5 +118,15 @@ def test_ui_serves_the_embedded_store(tmp_path):
             except OSError:
                 time.sleep(0.5)
         assert status == 200, server.stdout.read().decode() if server.poll() is not None else ""
+        # One server process (uvicorn, one worker) under `mlflow ui`, and no job runner.
+        session = [p for p in psutil.process_iter(["pid"]) if _session(p) == server.pid]
+        assert len(session) == 2, [" ".join(p.cmdline())[:120] for p in session]
     finally:
         stop(server)
+
+
+def _session(process: psutil.Process) -> int | None:
+    try:
+        return os.getsid(process.pid)
+    except ProcessLookupError:
+        return None

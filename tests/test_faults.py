@@ -80,12 +80,12 @@ def assert_whole(store: str, parent, params: dict) -> None:
             assert steps == list(range(params["train"]["epochs"]))
 
 
-def wait_until(condition, seconds: float = 120) -> None:
+def wait_until(condition, seconds: float = 120, every: float = 0.5) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(0.5)
+        time.sleep(every)
     raise TimeoutError("condition not met in time")
 
 
@@ -127,6 +127,8 @@ def test_server_going_away_mid_run_fails_loudly_and_is_cleaned_up_later(tmp_path
     abandoned = runs(backend, "RUNNING")
     assert abandoned, "the server went away before the runs could be closed"
 
+    # The next train (here a short one) marks them FAILED, as after any killed train.
+    (project / "params.yaml").write_text(yaml.safe_dump(lean_document(), sort_keys=False))
     with mlflow_server(backend, tmp_path / "server", port) as server:
         again = run(train_command(), project, env)
     assert f"marked FAILED {len(abandoned)} run(s) that a killed train left RUNNING" in again.stdout
@@ -205,13 +207,14 @@ def test_queued_experiments_in_parallel_all_land_in_the_project_store(tmp_path):
         run([str(BIN / "dvc"), "exp", "run", "--queue", "-S", f"train.seeds={seeds}",
              "-n", f"seeds-{seeds}"], project, env)  # fmt: skip
     run([str(BIN / "dvc"), "queue", "start", "-j", "2"], project, env)
+    # Each `dvc queue status` is a DVC process (most of a second of CPU): asked every 2 s, it
+    # leaves the two experiments the cores.
     wait_until(
         lambda: (
-            "Success" in run([str(BIN / "dvc"), "queue", "status"], project, env).stdout
-            and run([str(BIN / "dvc"), "queue", "status"], project, env).stdout.count("Success")
-            == 2
+            run([str(BIN / "dvc"), "queue", "status"], project, env).stdout.count("Success") == 2
         ),
         seconds=600,
+        every=2.0,
     )
     store = f"sqlite:///{project / 'mlflow.db'}"
     parents = runs(store, "FINISHED", "train")

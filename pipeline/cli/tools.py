@@ -110,12 +110,19 @@ def _listed(value: float | tuple[float, ...]) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=5000, show_default=True, type=int, help="Port to listen on.")
 @click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Server processes (MLflow's default, 4, is for a team's server).",
+)
+@click.option(
     "--print-link",
     is_flag=True,
     help="Print the link to this project's runs in the UI, and exit.",
 )
 @params_option
-def ui(host: str, port: int, print_link: bool, params_path: Path) -> None:
+def ui(host: str, port: int, workers: int, print_link: bool, params_path: Path) -> None:
     """Open the MLflow UI on the project's store (MLFLOW_TRACKING_URI, else mlflow.db), and
     print the link to this project's runs."""
     from pipeline.tracking import store
@@ -143,9 +150,11 @@ def ui(host: str, port: int, print_link: bool, params_path: Path) -> None:
     beside = Path(sys.executable).with_name("mlflow")
     mlflow = str(beside) if beside.exists() else shutil.which("mlflow") or "mlflow"
     click.echo(f"MLflow UI for {uri} on {base} (Ctrl-C stops it)\nThis project's runs: {link}")
-    os.execvp(
-        mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    )
+    # MLflow's job runner (GenAI scorers, trace roll-ups: nothing this project logs) would
+    # start seven more processes, each importing MLflow; a user who wants it sets it to true.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    command = ["ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    os.execvp(mlflow, [mlflow, *command, "--workers", str(workers)])
 
 
 def _runs_link(base: str, uri: str, experiment: str) -> str:
