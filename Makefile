@@ -22,8 +22,8 @@ run: $(VENV)/.path  ## run the whole pipeline on params.yaml
 	@link=$$($(VENV)/bin/lrsched ui --print-link) && \
 	echo "MLflow UI: $(VENV)/bin/lrsched ui   then open $$link"
 
-test: lint  ## lint, then the whole test suite (what CI runs)
-	pytest
+test: lint  ## lint, then the whole test suite (what CI runs), its report in test-artifacts/
+	pytest --junitxml=test-artifacts/suite.xml
 
 check: lint  ## the inner loop: lint, then the fast tests (no pipeline, server, browser...)
 	pytest -m "not slow"
@@ -42,8 +42,7 @@ format: $(VENV)/.test $(VENV)/.path
 bench: $(VENV)/.path  ## time the pipeline against the tutorial-style reference
 	python scripts/benchmark.py
 
-test-times: $(VENV)/.test $(VENV)/.path  ## the whole suite, timed into docs/testing.md's table
-	pytest --junitxml=test-artifacts/suite.xml
+test-times: test  ## the whole suite, timed into docs/testing.md's table
 	python scripts/test_times.py test-artifacts/suite.xml
 
 image-test: $(VENV)/.path  ## build the CPU image with podman, dvc repro in it, compare with the host (root)
