@@ -174,7 +174,7 @@ def project(tmp_path: Path) -> Path:
 # with the process, its parent and its `lrsched` command, so that a test can tell what each
 # stage really ran (module-level and function-level imports, in every process it started), and
 # how each process ended.
-IMPORT_TRACER = """
+STAGE_TRACER = """
 import os
 import sys
 
@@ -253,7 +253,7 @@ def reproduced(tmp_path_factory) -> dict:
     """
     root = make_project(tmp_path_factory.mktemp("reproduced") / "project")
     tracer = tmp_path_factory.mktemp("tracer")
-    (tracer / "sitecustomize.py").write_text(IMPORT_TRACER)
+    (tracer / "sitecustomize.py").write_text(STAGE_TRACER)
     logs = {"LRSCHED_IMPORT_LOG": tracer / "imports.log", "LRSCHED_EXIT_LOG": tracer / "exits.log"}
     env = project_env(root)
     traced_env = {**env, "PYTHONPATH": str(tracer), **{k: str(v) for k, v in logs.items()}}
