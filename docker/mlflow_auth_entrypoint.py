@@ -16,6 +16,11 @@ from the file that ``<VARIABLE>_FILE`` names (one of the two, not both):
 - ``MLFLOW_AUTH_ADMIN_USERNAME`` (default ``admin``).
 - ``MLFLOW_AUTH_DEFAULT_PERMISSION`` (default ``READ``): what a signed-in user may do on an
   experiment or model nobody granted them anything on.
+- ``MLFLOW_AUTH_CACHE_TTL_SECONDS`` (default ``0``, off): how long each server worker trusts a
+  user and password it has checked. Basic auth sends the password with every request, and each
+  check is a scrypt hash of about 80 ms of CPU; a pipeline run makes hundreds of requests. A
+  password changed or a user deleted through the API is forgotten at once by the worker that
+  handled it, and by the other workers within this many seconds.
 
 Only the standard library: it runs in the server image before MLflow does.
 """
@@ -35,6 +40,8 @@ SECRETS = (
     "MLFLOW_AUTH_ADMIN_PASSWORD",
     "MLFLOW_FLASK_SERVER_SECRET_KEY",
 )
+# The auth app's other settings, read from the environment into the ini.
+SETTINGS = ("MLFLOW_AUTH_DEFAULT_PERMISSION", "MLFLOW_AUTH_CACHE_TTL_SECONDS")
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
 
 
@@ -69,17 +76,23 @@ def auth_config(env: dict[str, str]) -> tuple[str, dict[str, str]]:
         raise Refused(
             f"MLFLOW_AUTH_DEFAULT_PERMISSION={permission!r}: use one of {', '.join(PERMISSIONS)}"
         )
+    cache_ttl = env.get("MLFLOW_AUTH_CACHE_TTL_SECONDS") or "0"
+    if not (cache_ttl.isascii() and cache_ttl.isdigit()):
+        raise Refused(
+            f"MLFLOW_AUTH_CACHE_TTL_SECONDS={cache_ttl!r}: use a whole number of seconds, 0 for off"
+        )
     # MLflow reads the file with ConfigParser's interpolation, which takes % as its own.
     config = configparser.RawConfigParser()
     config["mlflow"] = {
         "default_permission": permission,
         "database_uri": resolved["MLFLOW_AUTH_DATABASE_URI"].replace("%", "%%"),
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        "auth_cache_ttl_seconds": str(int(cache_ttl)),
     }
     text = io.StringIO()
     config.write(text)
-    secret_names = {*SECRETS, *(f"{name}_FILE" for name in SECRETS)}
-    server_env = {k: v for k, v in env.items() if k not in secret_names}
+    written = {*SECRETS, *(f"{name}_FILE" for name in SECRETS), *SETTINGS}
+    server_env = {k: v for k, v in env.items() if k not in written}
     # MLflow reads these three from the environment itself, ahead of the file. An empty one is
     # left out: MLflow would take it as set, and say nothing clearer than when it is missing.
     server_env["MLFLOW_AUTH_ADMIN_USERNAME"] = resolved["MLFLOW_AUTH_ADMIN_USERNAME"] or "admin"

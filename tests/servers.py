@@ -88,6 +88,8 @@ class Server:
 # As docker/compose.yaml runs the server: without MLflow's job runner (seven processes, each
 # importing MLflow, for GenAI scorers and trace roll-ups, which this project never logs).
 NO_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+# How long the auth server trusts a checked password, as docker/compose.yaml sets it.
+AUTH_CACHE = {"MLFLOW_AUTH_CACHE_TTL_SECONDS": "30"}
 
 
 @contextlib.contextmanager
@@ -183,7 +185,7 @@ def mlflow_auth_server(
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | NO_JOBS
-    env |= {
+    env |= AUTH_CACHE | {
         "MLFLOW_AUTH_DATABASE_URI": backend_uri,
         "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(secret),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),

@@ -337,12 +337,14 @@ print(json.dumps({"config": read_auth_config()._asdict(), "env": dict(os.environ
         "MLFLOW_AUTH_DATABASE_URI_FILE": str(tmp_path / "database"),
         "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE": str(tmp_path / "key"),
         "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "MLFLOW_AUTH_CACHE_TTL_SECONDS": "45",
     }
     started = run([sys.executable, str(ENTRYPOINT), sys.executable, "-c", show], tmp_path, env)
     shown = json.loads(started.stdout)
     config, server_env = shown["config"], shown["env"]
     assert config["database_uri"] == database
     assert config["default_permission"] == "READ"
+    assert config["auth_cache_ttl_seconds"] == 45
     assert (config["admin_username"], config["admin_password"]) == ("admin", ADMIN_PASSWORD)
     assert server_env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "the-flask-key"
     # Only what MLflow reads from its environment: the rest stays in the private ini.
@@ -371,6 +373,10 @@ print(json.dumps({"config": read_auth_config()._asdict(), "env": dict(os.environ
         (
             {"MLFLOW_AUTH_DATABASE_URI": "sqlite:///a.db", "MLFLOW_AUTH_DEFAULT_PERMISSION": "ALL"},
             "MLFLOW_AUTH_DEFAULT_PERMISSION='ALL': use one of READ, USE, EDIT, MANAGE",
+        ),
+        (
+            {"MLFLOW_AUTH_DATABASE_URI": "sqlite:///a.db", "MLFLOW_AUTH_CACHE_TTL_SECONDS": "1m"},
+            "MLFLOW_AUTH_CACHE_TTL_SECONDS='1m': use a whole number of seconds, 0 for off",
         ),
     ],
 )

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import BIN, ROOT
-from tests.servers import NO_JOBS
+from tests.servers import AUTH_CACHE, NO_JOBS
 
 DOCKER = ROOT / "docker"
 TEXT = (DOCKER / "compose.yaml").read_text()
@@ -90,8 +90,9 @@ def test_the_server_lets_in_only_the_team():
     spec.loader.exec_module(module)
     environment = server["environment"]
     # Besides, only what the tests' servers set too (MLflow reads it itself).
-    assert set(environment) <= {*module.SECRETS, "MLFLOW_AUTH_DEFAULT_PERMISSION", *NO_JOBS}
+    assert set(environment) <= {*module.SECRETS, *module.SETTINGS, *NO_JOBS}
     assert NO_JOBS.items() <= environment.items()
+    assert AUTH_CACHE.items() <= environment.items()
     assert environment["MLFLOW_AUTH_DEFAULT_PERMISSION"] == "READ"
     for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
         assert REQUIRED.fullmatch(environment[name]), (name, environment[name])
