@@ -23,7 +23,8 @@ from pipeline.problems.model import stacked_weights, weights_bytes
 from pipeline.reporting import curves, report
 from pipeline.tracking import store
 from pipeline.tracking.background import Reply, Tracker, failed_run_on_error
-from pipeline.trainer.batched import BatchResult, Replicate, Setup, run_results, train_batch
+from pipeline.trainer.batch import BatchResult, Replicate, Setup
+from pipeline.trainer.batched import run_results, train_batch
 from pipeline.trainer.results import RunResult
 from pipeline.trainer.runtime import make_deterministic
 

@@ -14,7 +14,8 @@ import torch
 from pipeline.config.params import parse_params
 from pipeline.problems import data
 from pipeline.trainer import minibatch
-from pipeline.trainer.batched import Replicate, Setup, train_batch
+from pipeline.trainer.batch import Replicate, Setup
+from pipeline.trainer.batched import train_batch
 from pipeline.trainer.runtime import make_deterministic
 from tests.conftest import tiny_document
 from tests.reference import train_reference
@@ -24,7 +25,8 @@ SEEDS = (42, 7, 1234)
 
 @pytest.mark.compute  # trains 33 runs batched, then each one alone
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_every_batched_replicate_equals_its_torch_twin(optimizer):
+@pytest.mark.parametrize("engine", ["kernels", "torch"])  # the CPU's, and the GPU's on the CPU
+def test_every_batched_replicate_equals_its_torch_twin(optimizer, engine):
     make_deterministic()
     document = tiny_document(epochs=150)
     document["train"]["optimizer"] = optimizer
@@ -39,7 +41,7 @@ def test_every_batched_replicate_equals_its_torch_twin(optimizer):
     replicates = [
         Replicate(spec, seed, params.train.lr, noise) for spec in params.schedules for seed in SEEDS
     ]
-    batch = train_batch(replicates, Setup.of(params), datasets, torch.device("cpu"))
+    batch = train_batch(replicates, Setup.of(params), datasets, torch.device("cpu"), engine=engine)
 
     for index, replicate in enumerate(replicates):
         twin = train_reference(

@@ -20,7 +20,8 @@ from pipeline.config.params import ExecutionParams, parse_params
 from pipeline.core.validation import ParamsError
 from pipeline.engines import execution, shards, units
 from pipeline.problems import data
-from pipeline.trainer.batched import Setup, replicate_finals, train_batch
+from pipeline.trainer.batch import Setup
+from pipeline.trainer.batched import replicate_finals, train_batch
 from stages import generate
 from tests.conftest import BIN, ROOT, make_project, project_env, run, tiny_document
 from tests.servers import free_port

@@ -11,7 +11,8 @@ import torch
 
 from pipeline.config.params import parse_params
 from pipeline.problems import data
-from pipeline.trainer.batched import Replicate, Setup, train_batch
+from pipeline.trainer.batch import Replicate, Setup
+from pipeline.trainer.batched import train_batch
 from pipeline.trainer.runtime import make_deterministic, select_device
 from tests.conftest import tiny_document
 

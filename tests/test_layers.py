@@ -14,6 +14,7 @@ from tests.conftest import ROOT
 # Lowest first: a package may import itself and the packages before it, never one after.
 LAYERS = (
     "core",
+    "kernels",
     "problems",
     "schedules",
     "config",

@@ -41,7 +41,8 @@ from pipeline.engines.units import Progress
 from pipeline.problems.data import Dataset
 from pipeline.problems.workloads import Splits, Workload
 from pipeline.schedules.specs import parse_spec
-from pipeline.trainer.batched import BatchResult, Replicate, Setup, stacked_logits, train_batch
+from pipeline.trainer.batch import BatchResult, Replicate, Setup
+from pipeline.trainer.batched import stacked_logits, train_batch
 from pipeline.trainer.runtime import tensors
 
 if TYPE_CHECKING:  # the plot stage reads tuning's results without running any engine
@@ -180,8 +181,10 @@ def train_settings(
     measured_on: Dataset,
     device: torch.device,
     on_step: Callable[[int], None] = lambda step: None,
+    engine: str = "auto",
 ) -> tuple[ValidationCurves, BatchResult]:
-    """Train ``(name, scheduler entry, lr, seed)`` settings as one batch on a workload.
+    """Train ``(name, scheduler entry, lr, seed)`` settings as one batch on a workload, by
+    ``engine`` (:func:`pipeline.trainer.batched.train_batch`'s).
 
     ``train_sets[seed]`` is a setting's train set; ``measured_on`` the set whose loss is
     evaluated every ``tuning.eval_every`` updates and after the last.
@@ -203,6 +206,7 @@ def train_settings(
         validation={workload.noise: measured_on},
         evaluate_every=params.tuning.eval_every,
         closed_forms=True,
+        engine=engine,
     )
     assert batch.validation_losses is not None and batch.evaluated is not None
     return ValidationCurves(batch.evaluated + 1, batch.validation_losses), batch

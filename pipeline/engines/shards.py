@@ -16,13 +16,8 @@ import numpy as np
 from pipeline.config.params import Params
 from pipeline.engines.units import Progress
 from pipeline.problems.data import Dataset
-from pipeline.trainer.batched import (
-    BatchResult,
-    Replicate,
-    Setup,
-    replicate_finals,
-    train_batch,
-)
+from pipeline.trainer.batch import BatchResult, Replicate, Setup
+from pipeline.trainer.batched import replicate_finals, train_batch
 
 Key = tuple[str, int]  # a replicate by its run's name and its seed
 

@@ -279,6 +279,11 @@ class Schedule:
             else:
                 self._torch.step()
 
+    @property
+    def torch_scheduler(self) -> Any:
+        """torch's scheduler object (None for the schedules built here, such as ``manual``)."""
+        return self._torch
+
     def rates(self) -> list[float]:
         return [group["lr"] for group in self.optimizer.param_groups]
 

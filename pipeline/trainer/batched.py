@@ -1,15 +1,12 @@
-"""Many runs as one computation: stacked LogicNets, one batched optimizer step, rates per replicate.
+"""Many runs as one computation, by either engine, and the runs of params from it.
 
-The batch trains replicates: one seed of one named run each (:class:`Replicate`). A replicate's
-weights start exactly as :func:`pipeline.trainer.runtime.initial_model` draws them for its seed, its
-data come from that seed, and its learning rates are the very sequence torch's scheduler
-produces: schedules that do not watch the loss are precomputed with
-:func:`pipeline.schedules.specs.preview` (torch's own classes); ReduceLROnPlateau replicates
-keep one
-real torch scheduler each, fed their loss every step. Only the arithmetic is batched, so each
-replicate equals its ``torch.optim`` + ``lr_scheduler`` twin
-(:func:`tests.reference.train_reference`) to float32 rounding. :func:`run_results` then
-groups the replicates back into the named runs of params.
+:func:`train_batch` trains a batch of replicates (:mod:`pipeline.trainer.batch`): on the CPU by
+the compiled kernels (:mod:`pipeline.trainer.fused`), elsewhere by batched torch operations
+(here: stacked LogicNets, autograd, one batched optimizer step). A replicate's weights start
+exactly as :func:`pipeline.trainer.runtime.initial_model` draws them for its seed, and its
+data come from that seed; only the arithmetic is batched, so each replicate equals its
+``torch.optim`` + ``lr_scheduler`` twin (:func:`tests.reference.train_reference`) to float32
+rounding. :func:`run_results` then groups the replicates back into the named runs of params.
 
 Given validation sets, the batch also records each replicate's loss on its workload's validation
 set after every update (the curve that "updates until the validation loss reaches a target"
@@ -20,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,63 +24,22 @@ import torch.nn.functional as F
 
 from pipeline.config.params import Params
 from pipeline.core import portable
-from pipeline.core.optim import make_optimizer
 from pipeline.problems.data import Dataset
-from pipeline.problems.model import LAYER_NAMES, LogicNet, logits, param_groups
-from pipeline.schedules.specs import Schedule, ScheduleSpec, trace
+from pipeline.problems.model import LAYER_NAMES, LogicNet, logits
 from pipeline.trainer import minibatch
+from pipeline.trainer.batch import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    BatchResult,
+    Rates,
+    Replicate,
+    Setup,
+    evaluated_updates,
+)
 from pipeline.trainer.results import RunResult
 from pipeline.trainer.runtime import initial_model, tensors
 
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which the tutorial uses
-
-
-@dataclass(frozen=True)
-class Replicate:
-    """One seed of a named run, the unit the batch trains: a schedule, the seed of its weights
-    and data, the rate it starts from and the noise of its data."""
-
-    spec: ScheduleSpec
-    seed: int
-    lr: float  # the rate the schedule starts from (train.lr, or one value of its grid)
-    noise: float  # the noise of its train set (data.noise, or one value of its grid)
-
-    @property
-    def data_key(self) -> tuple[int, float]:
-        return self.seed, self.noise
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What a batch trains under: its budget in updates (``train.epochs`` in params: the
-    tutorial's word), the hidden layer's width, the optimizer and its momentum (SGD's)."""
-
-    updates: int
-    hidden_dim: int
-    optimizer: str
-    momentum: float
-
-    @classmethod
-    def of(cls, params: Params) -> Setup:
-        """The train stage's: ``train.epochs`` updates of a ``model.hidden_dim`` LogicNet."""
-        train = params.train
-        return cls(train.epochs, params.model.hidden_dim, train.optimizer, train.momentum)
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    replicates: tuple[Replicate, ...]
-    rates: np.ndarray  # (replicates, epochs, 2): the rate of each layer's update i
-    losses: np.ndarray  # (replicates, epochs): the whole train set's loss before update i
-    state_dicts: tuple[dict[str, torch.Tensor], ...]
-    batch_sizes: np.ndarray  # (replicates, epochs): points each update trained on
-    # (replicates, evaluations): the validation set's loss after each evaluated update (and its
-    # scheduler step); None when train_batch was given no validation sets.
-    validation_losses: np.ndarray | None = None
-    evaluated: np.ndarray | None = None  # (evaluations,): the 0-based updates evaluated
-    # Each replicate's final metrics (:func:`replicate_finals`), where the process that trained
-    # it already computed them (a shard); None: run_results computes them.
-    finals: tuple[dict[str, float], ...] | None = None
+ENGINES = ("auto", "kernels", "torch")
 
 
 class _Stack:
@@ -122,49 +77,6 @@ def stacked_logits(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Te
     return logits(w1, b1, w2, b2, x)
 
 
-class _Rates:
-    """Each replicate's rate and momentum per layer at each step, from torch's schedulers (or,
-    with ``closed_forms``, their vectorised equivalents where one exists: same rates to 1e-12)."""
-
-    def __init__(
-        self, replicates: Sequence[Replicate], setup: Setup, closed_forms: bool = False
-    ) -> None:
-        self.epochs = setup.updates
-        self.table = np.empty((len(replicates), setup.updates, 2))
-        self.momenta = np.empty((len(replicates), setup.updates, 2))
-        self.plateaus: list[tuple[int, Schedule]] = []
-        for index, replicate in enumerate(replicates):
-            if replicate.spec.monitor is not None:
-                # A real optimizer, never stepped on real weights: only its rates are read.
-                model = LogicNet(hiddendim=setup.hidden_dim)
-                groups = param_groups(model, replicate.spec.per_layer)
-                optimizer = make_optimizer(groups, setup.optimizer, replicate.lr, setup.momentum)
-                self.plateaus.append((index, Schedule(replicate.spec, optimizer, setup.updates)))
-                continue
-            # trace() keeps each schedule's trace: the seeds of one schedule share it.
-            spec, lr = replicate.spec, replicate.lr
-            arguments = (spec, setup.updates, lr, setup.optimizer, setup.momentum)
-            found = None
-            if closed_forms:  # imported here: the train stage never needs it
-                from pipeline.schedules import rate_tables
-
-                found = rate_tables.closed_form(*arguments)
-            rates, momenta = found if found is not None else trace(*arguments)
-            self.table[index] = np.repeat(rates, 2 // rates.shape[1], axis=1)
-            self.momenta[index] = np.repeat(momenta, 2 // momenta.shape[1], axis=1)
-
-    def at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        for index, schedule in self.plateaus:
-            rates, momenta = schedule.rates(), schedule.momenta()
-            self.table[index, step] = rates if len(rates) == 2 else rates * 2
-            self.momenta[index, step] = momenta if len(momenta) == 2 else momenta * 2
-        return self.table[:, step], self.momenta[:, step]
-
-    def advance(self, step: int, losses: np.ndarray, accuracies: np.ndarray) -> None:
-        for index, schedule in self.plateaus:
-            schedule.step(step, float(losses[index]), float(accuracies[index]))
-
-
 def train_batch(
     replicates: Sequence[Replicate],
     setup: Setup,
@@ -174,6 +86,7 @@ def train_batch(
     validation: Mapping[float, Dataset] | None = None,
     evaluate_every: int = 1,
     closed_forms: bool = False,
+    engine: str = "auto",
 ) -> BatchResult:
     """Train every replicate at once; ``datasets[replicate.data_key]`` is its train set.
 
@@ -186,25 +99,57 @@ def train_batch(
     updates listed in ``evaluated``). Without ``validation`` nothing more is computed.
     ``closed_forms`` replaces torch's scheduler loop by :mod:`pipeline.schedules.rate_tables`
     where it can.
+
+    ``engine``: ``kernels`` (:mod:`pipeline.trainer.fused`, the CPU only), ``torch`` (batched
+    torch operations, on any device) or ``auto``: the kernels on the CPU, torch elsewhere.
+    Both compute the same arithmetic, to float32 rounding; the tests hold both to the torch
+    reference, so the GPU's path is tested on machines without one.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}; allowed: {', '.join(ENGINES)}")
+    if engine == "kernels" and device.type != "cpu":
+        raise ValueError(f"the kernels engine runs on the CPU, not on {device.type}")
+    if engine == "kernels" or (engine == "auto" and device.type == "cpu"):
+        # Imported here: a run on CUDA never needs numba.
+        from pipeline.trainer.fused import train_fused
+
+        return train_fused(
+            replicates, setup, datasets, on_step, validation, evaluate_every, closed_forms
+        )
+    return _train_torch(
+        replicates, setup, datasets, device, on_step, validation, evaluate_every, closed_forms
+    )
+
+
+def _train_torch(
+    replicates: Sequence[Replicate],
+    setup: Setup,
+    datasets: Mapping[tuple[int, float], Dataset],
+    device: torch.device,
+    on_step: Callable[[int], None],
+    validation: Mapping[float, Dataset] | None,
+    evaluate_every: int,
+    closed_forms: bool,
+) -> BatchResult:
+    """The torch engine: stacked weights, autograd, and a batched optimizer step."""
     models = [initial_model(setup.hidden_dim, torch.device("cpu"), r.seed) for r in replicates]
     stack = _Stack(models, device)
     pairs = [tensors(datasets[replicate.data_key], device) for replicate in replicates]
     x = torch.stack([features for features, _ in pairs])
     y = torch.stack([labels for _, labels in pairs])
     count, samples = y.shape
-    rates = _Rates(replicates, setup, closed_forms)
+    rates = Rates(replicates, setup, closed_forms)
     optimizer = _BatchedOptimizer(stack, setup.optimizer, device)
 
     epochs = setup.updates
     batches = _MiniBatches(replicates, epochs, samples, device)
-    evaluated, row_of = _evaluated_updates(evaluate_every, epochs)
+    evaluated, row_of = evaluated_updates(evaluate_every, epochs)
     validating = (
         None if validation is None else _Validation(replicates, validation, len(evaluated), device)
     )
 
     losses = torch.empty(count, epochs, dtype=torch.float32, device=device)
-    needs_values = bool(rates.plateaus)
+    needs_values = rates.bank is not None
     for step in range(epochs):
         logits, full_losses = _update(step, stack, x, y, rates, optimizer, batches)
         losses[:, step] = full_losses
@@ -350,23 +295,12 @@ class _BatchedOptimizer:
             tensor.sub_(first / denom * self._per_replicate(step_size, tensor))
 
 
-def _evaluated_updates(evaluate_every: int, epochs: int) -> tuple[np.ndarray, np.ndarray]:
-    """The updates after which validation is measured (every ``evaluate_every``-th and the
-    last), and for each update its row in the validation table (-1: none)."""
-    if type(evaluate_every) is not int or evaluate_every < 1:
-        raise ValueError(f"evaluate_every must be a positive integer, got {evaluate_every!r}")
-    evaluated = np.unique(np.r_[np.arange(evaluate_every - 1, epochs, evaluate_every), epochs - 1])
-    row_of = np.full(epochs, -1, dtype=np.int64)
-    row_of[evaluated] = np.arange(len(evaluated))
-    return evaluated, row_of
-
-
 def _update(
     step: int,
     stack: _Stack,
     x: torch.Tensor,
     y: torch.Tensor,
-    rates: _Rates,
+    rates: Rates,
     optimizer: _BatchedOptimizer,
     batches: _MiniBatches,
 ) -> tuple[torch.Tensor, torch.Tensor]:

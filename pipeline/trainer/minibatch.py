@@ -38,3 +38,19 @@ class Sampler:
         chosen = self._order[self._position : self._position + size]
         self._position += size
         return chosen
+
+    def plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every update's batch at once, drawn as :meth:`batch` would draw them in order (call
+        it on a new sampler): the shuffled passes ``(passes, samples)``, and for each update
+        its pass and where its batch starts in it, ``(epochs,)`` each; the batch of update
+        ``i`` is ``passes[pass_of[i], start[i] : start[i] + sizes[i]]``."""
+        passes, pass_of, start = [self._order], [], []
+        position = self._position
+        for size in self.sizes.tolist():
+            if position + size > self.samples:
+                passes.append(self._rng.permutation(self.samples))
+                position = 0
+            pass_of.append(len(passes) - 1)
+            start.append(position)
+            position += size
+        return np.stack(passes), np.array(pass_of, np.int64), np.array(start, np.int64)
