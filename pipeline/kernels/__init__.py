@@ -11,6 +11,7 @@ same bits (``tests/test_portability.py`` and ``tests/test_kernels.py``).
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import numba
@@ -27,8 +28,13 @@ def _cache_folder() -> Path:
     """
     sources = sorted(Path(__file__).parent.glob("*.py"))
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources))
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lrsched" / "kernels" / digest.hexdigest()[:16]
+    folder = Path("lrsched") / "kernels" / digest.hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    try:
+        (base / folder).mkdir(parents=True, exist_ok=True)
+        return base / folder
+    except OSError:  # a read-only home: this machine's temporary folder, per user
+        return Path(tempfile.gettempdir()) / f"lrsched-{os.getuid()}" / folder
 
 
 numba.config.CACHE_DIR = str(_cache_folder())  # type: ignore[attr-defined]
