@@ -17,6 +17,19 @@ ACTIVATIONS = {"identity": IDENTITY, "tanh": TANH, "relu": RELU}
 ZERO, ONE = np.float32(0.0), np.float32(1.0)
 
 
+@numba.njit(inline="always")
+def _add_products(total, factors, inputs, n, i, shared):
+    """``total[r] += factors[r] * inputs[n, i, r]`` per run, or ``inputs[n, i, 0]`` shared."""
+    if shared:
+        value = inputs[n, i, 0]
+        for r in range(total.shape[0]):
+            total[r] += factors[r] * value
+    else:
+        x = inputs[n, i]
+        for r in range(total.shape[0]):
+            total[r] += factors[r] * x[r]
+
+
 @numba.njit(cache=True, error_model="numpy")
 def forward(inputs, weight, bias, outputs, activation):
     """``outputs = activation(inputs @ weight.T + bias)`` per run."""
@@ -28,15 +41,7 @@ def forward(inputs, weight, bias, outputs, activation):
             for r in range(runs):
                 out[r] = ZERO
             for i in range(fan_in):
-                w = weight[o, i]
-                if shared:
-                    value = inputs[n, i, 0]
-                    for r in range(runs):
-                        out[r] += w[r] * value
-                else:
-                    x = inputs[n, i]
-                    for r in range(runs):
-                        out[r] += w[r] * x[r]
+                _add_products(out, weight[o, i], inputs, n, i, shared)
             b = bias[o]
             if activation == TANH:
                 for r in range(runs):
@@ -68,15 +73,7 @@ def backward(grad_outputs, inputs, weight, grad_weight, grad_bias):
             for r in range(runs):
                 gw[r] = ZERO
             for n in range(samples):
-                g = grad_outputs[n, o]
-                if shared:
-                    value = inputs[n, i, 0]
-                    for r in range(runs):
-                        gw[r] += g[r] * value
-                else:
-                    x = inputs[n, i]
-                    for r in range(runs):
-                        gw[r] += g[r] * x[r]
+                _add_products(gw, grad_outputs[n, o], inputs, n, i, shared)
 
 
 @numba.njit(cache=True, error_model="numpy")

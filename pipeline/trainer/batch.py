@@ -10,7 +10,7 @@ own classes) or their closed forms; ReduceLROnPlateau replicates step torch's ru
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 
 from pipeline.config.params import Params
 from pipeline.core.optim import make_optimizer
+from pipeline.problems.data import Dataset
 from pipeline.problems.model import LogicNet, param_groups
 from pipeline.schedules.specs import Schedule, ScheduleSpec, trace
 from pipeline.trainer.plateau import PlateauBank
@@ -137,3 +138,17 @@ def evaluated_updates(evaluate_every: int, epochs: int) -> tuple[np.ndarray, np.
     row_of = np.full(epochs, -1, dtype=np.int64)
     row_of[evaluated] = np.arange(len(evaluated))
     return evaluated, row_of
+
+
+def validation_rows(
+    replicates: Sequence[Replicate], sets: Mapping[float, Dataset]
+) -> dict[float, list[int]]:
+    """The replicates of each validation set, by noise level (a workload's data distribution);
+    a ValueError names the noise levels that ``sets`` lacks."""
+    rows: dict[float, list[int]] = {}
+    for index, replicate in enumerate(replicates):
+        rows.setdefault(replicate.noise, []).append(index)
+    missing = sorted(set(rows) - set(sets))
+    if missing:
+        raise ValueError(f"validation lacks the sets of noise {missing}")
+    return rows

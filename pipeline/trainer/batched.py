@@ -35,6 +35,7 @@ from pipeline.trainer.batch import (
     Replicate,
     Setup,
     evaluated_updates,
+    validation_rows,
 )
 from pipeline.trainer.results import RunResult
 from pipeline.trainer.runtime import initial_model, tensors
@@ -185,12 +186,7 @@ class _Validation:
         evaluations: int,
         device: torch.device,
     ) -> None:
-        rows: dict[float, list[int]] = {}
-        for index, replicate in enumerate(replicates):
-            rows.setdefault(replicate.noise, []).append(index)
-        missing = sorted(set(rows) - set(sets))
-        if missing:
-            raise ValueError(f"validation lacks the sets of noise {missing}")
+        rows = validation_rows(replicates, sets)
         everyone = len(rows) == 1  # one set for all: no gather of the weights each step
         self.groups = [
             (

@@ -27,6 +27,7 @@ from pipeline.trainer.batch import (
     Replicate,
     Setup,
     evaluated_updates,
+    validation_rows,
 )
 from pipeline.trainer.runtime import initial_model
 
@@ -213,7 +214,7 @@ def train_fused(
     sets = [datasets[r.data_key] for r in replicates]
     train = _Pass(
         _runs_last([s.features for s in sets], F32),
-        _runs_last([s.labels for s in sets], np.int64)[:, :],
+        _runs_last([s.labels for s in sets], np.int64),
         layers,
     )
     epochs, samples = setup.updates, train.inputs.shape[0]
@@ -254,12 +255,7 @@ class _Validation:
     def __init__(
         self, replicates: Sequence[Replicate], sets: Mapping[float, Dataset], evaluations: int
     ) -> None:
-        rows: dict[float, list[int]] = {}
-        for index, replicate in enumerate(replicates):
-            rows.setdefault(replicate.noise, []).append(index)
-        missing = sorted(set(rows) - set(sets))
-        if missing:
-            raise ValueError(f"validation lacks the sets of noise {missing}")
+        rows = validation_rows(replicates, sets)
         self.everyone = len(rows) == 1  # one set for all: no gather of the weights
         self.groups = [
             (
