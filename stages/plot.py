@@ -82,9 +82,10 @@ def _render(params: Params, paths: PlotPaths) -> dict[str, bytes]:
     first = params.seeds[0]
     sets = {run.name: (train_sets[first, run.point.noise], test_sets[run.point.noise])
             for run in runs}  # fmt: skip
-    models = {name: load_model(weights[name], params.model.hidden_dim) for name in names}
+    network = params.architecture
+    models = {name: load_model(weights[name], network) for name in names}
     accuracies = {
-        run.name: seed_accuracies(weights[run.name], *tensors(sets[run.name][1], CPU))
+        run.name: seed_accuracies(weights[run.name], network, *tensors(sets[run.name][1], CPU))
         for run in runs
     }
     target = params.analysis.target_loss

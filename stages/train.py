@@ -273,7 +273,7 @@ def _record_run(
         {**result.summary, **_ranking_metrics(trained.ranked[result.name])},
         artifacts,
         lineage.datasets,
-        _model_to_log(result, inputs.test_sets[result.noise]),
+        _model_to_log(result, inputs.test_sets[result.noise], params.model.activation),
     )
 
 
@@ -348,10 +348,10 @@ def _data_file(
     )
 
 
-def _model_to_log(result: RunResult, test_set: data.Dataset) -> store.ModelToLog:
+def _model_to_log(result: RunResult, test_set: data.Dataset, activation: str) -> store.ModelToLog:
     """The run's first seed's model, with the first test points as its example."""
     weights = {name: tensor.cpu().numpy() for name, tensor in result.state_dicts[0].items()}
-    return store.ModelToLog(weights, test_set.features[:5])
+    return store.ModelToLog(weights, test_set.features[:5], activation)
 
 
 def _register_best(

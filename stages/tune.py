@@ -265,7 +265,9 @@ def chosen_json(params: ComparisonParams, result: tuning.TuningResult) -> dict[s
     for workload in result.workloads:
         chosen[workload.name] = {}
         for name, choice in tuning.chosen_for(result, workload).items():
-            resolved = plan.spaces[name].resolve(choice.point, workload.epochs)
+            resolved = plan.spaces[name].resolve(
+                choice.point, workload.epochs, workload.architecture.layer_names
+            )
             chosen[workload.name][name] = {
                 "lr": resolved["lr"],
                 "scheduler": resolved["scheduler"],

@@ -71,11 +71,12 @@ def tiny_document(epochs: int = 120, full_tuning: bool = False) -> dict:
 
 def shrink_tuning(document: dict, epochs: int = 60, full: bool = False) -> dict:
     """The comparison at a toy scale: short budgets, small sets, 4 trials x 3 studies. Unless
-    ``full``, also only three workloads (two tuned, one held out) and five schedules, which
+    ``full``, also only five workloads (two tuned; held out: circles, and the family's deep
+    perceptron and conv net) and five schedules, which
     between them take every path of the tuning: enough for the tests that run the whole
     pipeline, whose subject is not the tuning (``tests/test_tuning.py`` takes them all)."""
     if not full:
-        keep = ("tutorial", "more_noise", "circles")
+        keep = ("tutorial", "more_noise", "circles", "deep_relu", "digits")
         document["workloads"] = [w for w in document["workloads"] if w["name"] in keep]
         spaces = ("constant", "StepLR", "ReduceLROnPlateau", "warmup_cosine", "OneCycleLR")
         document["search"]["spaces"] = {k: document["search"]["spaces"][k] for k in spaces}

@@ -13,6 +13,7 @@ import torch
 
 from pipeline.config.params import Params
 from pipeline.core.optim import make_optimizer
+from pipeline.problems.architecture import Architecture
 from pipeline.problems.data import Dataset
 from pipeline.problems.model import param_groups
 from pipeline.schedules.specs import Schedule, ScheduleSpec
@@ -42,8 +43,10 @@ def train_reference(
     test_set: Dataset,
     device: torch.device,
     validation: Dataset | None = None,
+    architecture: Architecture | None = None,
 ) -> ReferenceResult:
-    """Train one model under ``spec`` from ``params.seed``, as a plain torch loop would.
+    """Train one model under ``spec`` from ``params.seed``, as a plain torch loop would: the
+    network ``architecture`` (default: params' ``model`` on the moons).
 
     With a ``validation`` set (the batch's ``validation[noise]``), the loss of the whole set is
     computed without gradient after each update and scheduler step: ``validation_losses``.
@@ -52,7 +55,8 @@ def train_reference(
     lr = params.train.lr
     if isinstance(lr, tuple):
         raise ValueError(f"train_reference trains at one grid point; train.lr is a grid: {lr}")
-    model = initial_model(params.model.hidden_dim, device, params.seed)
+    network = params.architecture if architecture is None else architecture
+    model = initial_model(network, device, params.seed)
     optimizer = make_optimizer(
         param_groups(model, spec.per_layer),
         params.train.optimizer,

@@ -78,7 +78,7 @@ def test_shards_merge_to_the_whole_batch_bit_for_bit(tiny, count):
     merged = shards.merge(parts, groups, replicates)
     assert merged.finals is not None
     for index, finals in enumerate(merged.finals):  # computed in the shard, as run_results does
-        assert finals == replicate_finals(whole, index, params.model.hidden_dim, sets, tests)
+        assert finals == replicate_finals(whole, index, params.architecture, sets, tests)
     assert sum(counted) == len(replicates) * params.train.epochs  # replicate-updates
     assert merged.replicates == whole.replicates
     for name in ("rates", "losses", "batch_sizes"):

@@ -73,7 +73,7 @@ CASES = [
         lambda d: _set(d, "schedulers.growing_batch.initial", 0),
         ["schedulers.growing_batch.initial", "0", "positive integer"],
     ),
-    ("hidden_dim as text", lambda d: _set(d, "model.hidden_dim", "3"), ["model.hidden_dim", "'3'"]),
+    ("hidden as text", lambda d: _set(d, "model.hidden", "3"), ["model.hidden", "'3'"]),
     ("misspelt section", lambda d: _set(d, "trian", {"lr": 1}), ["trian", "unknown key"]),
     (
         "misspelt key",

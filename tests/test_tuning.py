@@ -155,13 +155,14 @@ def test_a_chosen_setting_alone_gives_the_numbers_of_the_batch(params, data, tun
         target = tuned.targets[workload.name]["target"]
         assert curves.times(target)[0] == tuned.times[row]
 
-        local = dataclasses.replace(  # the oracle's params: the workload's budget and width
+        local = dataclasses.replace(  # the oracle's params: the workload's budget
             params,
             train=params.train.model_copy(update={"epochs": workload.epochs, "lr": trial.lr}),
-            model=params.model.model_copy(update={"hidden_dim": workload.hidden_dim}),
         )
         spec = parse_spec(name, dict(trial.scheduler), workload.epochs)
-        twin = train_reference(spec, local, splits.train, splits.test, CPU, splits.validation)
+        twin = train_reference(
+            spec, local, splits.train, splits.test, CPU, splits.validation, workload.architecture
+        )
         assert twin.validation_losses is not None
         np.testing.assert_allclose(
             curves.losses[0], twin.validation_losses[curves.steps - 1], rtol=0, atol=1e-6

@@ -14,6 +14,7 @@ import yaml
 from pipeline.config.params import _Loader
 from pipeline.core.validation import ParamsError
 from pipeline.problems import workloads as module
+from pipeline.problems.architecture import LOGICNET
 from pipeline.problems.data import Dataset
 from pipeline.problems.workloads import (
     DEFAULT_WORKLOADS,
@@ -30,7 +31,7 @@ from pipeline.problems.workloads import (
 
 # sha256 of write_splits({"tutorial": generate(tutorial, 42)}): pins the bytes across processes
 # (no hash() of the name), numpy's RandomState stream and scikit-learn's generators.
-TUTORIAL_42_SHA256 = "edfdf00243039b2c1939d7892f0acadabd6f52cf169988c333818bc1714eafb7"
+TUTORIAL_42_SHA256 = "db50a04b78fc0ddfae209e0153d3f357433b1a859d9de4cc498d3cd3240ead2c"
 
 
 def _documents() -> list[dict]:
@@ -70,12 +71,12 @@ CASES = [
     (
         "unknown generator",
         _set(0, "generator", "blobs"),
-        ["workloads[0].generator: got 'blobs'; must be 'moons' or 'circles'"],
+        ["workloads[0].generator: got 'blobs'; must be 'moons', 'circles' or 'digits'"],
     ),
     ("zero epochs", _set(1, "epochs", 0), ["workloads[1].epochs: got 0; must be > 0"]),
     ("fractional epochs", _set(1, "epochs", 1.5), ["workloads[1].epochs: got 1.5", "whole"]),
     ("one train point", _set(0, "n_train", 1), ["workloads[0].n_train: got 1; must be >= 2"]),
-    ("zero hidden", _set(3, "hidden_dim", 0), ["workloads[3].hidden_dim: got 0; must be > 0"]),
+    ("zero hidden", _set(3, "model", {"hidden": [0]}), ["workloads[3].model.hidden[0]: got 0"]),
     (
         "held_out as text",
         _set(4, "held_out", "yes"),
@@ -115,7 +116,11 @@ CASES = [
     ("missing key", _drop(0, "epochs"), ["workloads[0].epochs: missing; it is required"]),
     ("unknown key", _set(0, "epoch", 5), ["workloads[0].epoch: unknown key (value 5)", "epochs"]),
     ("bad target_loss", _set(0, "target_loss", 0.0), ["workloads[0].target_loss: got 0.0", "> 0"]),
-    ("entry not a mapping", lambda d: [*d, "x"], ["workloads[6]: got 'x'; must be a mapping"]),
+    (
+        "entry not a mapping",
+        lambda d: [*d, "x"],
+        [f"workloads[{len(DEFAULT_WORKLOADS)}]: got 'x'; must be a mapping"],
+    ),
     ("not a list", lambda d: {"tutorial": d[0]}, ["workloads: got dict; must be a list"]),
     ("empty list", lambda d: [], ["workloads: an empty list"]),
     ("all held out", _all_held_out, ["workloads: every workload is held out"]),
@@ -172,19 +177,22 @@ def test_the_defaults_are_the_tutorial_and_its_variants() -> None:
     assert len(by_name) == len(DEFAULT_WORKLOADS) >= 5
     tutorial = DEFAULT_WORKLOADS[0]
     assert (tutorial.generator, tutorial.n_train, tutorial.noise) == ("moons", 20, 0.2)
-    assert (tutorial.epochs, tutorial.hidden_dim, tutorial.held_out) == (1000, 3, False)
+    assert (tutorial.epochs, tutorial.architecture, tutorial.held_out) == (1000, LOGICNET, False)
     others = DEFAULT_WORKLOADS[1:]
     assert any(w.n_train > tutorial.n_train for w in others)
     assert any(w.noise > tutorial.noise for w in others)
     assert any(w.epochs > tutorial.epochs for w in others)
-    assert any(w.hidden_dim > tutorial.hidden_dim for w in others)
+    assert any(w.model.hidden[0] > tutorial.model.hidden[0] for w in others)
     assert any(w.generator == "circles" for w in others)
-    assert 1 <= sum(w.held_out for w in DEFAULT_WORKLOADS) <= 2
+    # the family beyond LogicNet: a deeper perceptron and a conv net on images
+    assert any(len(w.model.hidden) > 1 and w.model.activation == "relu" for w in others)
+    assert any(w.model.conv is not None and w.generator == "digits" for w in others)
+    assert 1 <= sum(w.held_out for w in DEFAULT_WORKLOADS) <= 4
     assert all(w.target_loss is None for w in DEFAULT_WORKLOADS)
 
 
-def _points(dataset: Dataset) -> set[tuple[float, float]]:
-    return {(x1, x2) for x1, x2 in dataset.features.tolist()}
+def _points(dataset: Dataset) -> set[tuple[float, ...]]:
+    return {tuple(point) for point in dataset.features.tolist()}
 
 
 # Equal sizes: with one seed for every split, the three sets would be the same points.
@@ -196,21 +204,21 @@ EVEN = Workload(
     n_test=40,
     noise=0.1,
     epochs=10,
-    hidden_dim=3,
 )
 
 
 @pytest.mark.parametrize("workload", [*DEFAULT_WORKLOADS, EVEN], ids=lambda w: w.name)
 def test_splits_have_their_sizes_and_share_no_point(workload: Workload) -> None:
     splits = generate(workload, 42)
-    seen: set[tuple[float, float]] = set()
+    seen: set[tuple[float, ...]] = set()
+    network = workload.architecture
     for split, dataset in splits.items():
         size = workload.size(split)
-        assert dataset.features.shape == (size, 2)
+        assert dataset.features.shape == (size, network.inputs)
         assert dataset.features.dtype == np.float64
         assert dataset.labels.shape == (size,)
         assert dataset.labels.dtype == np.int64
-        assert sorted(set(dataset.labels.tolist())) == [0, 1]
+        assert sorted(set(dataset.labels.tolist())) == list(range(network.classes))
         points = _points(dataset)
         assert len(points) == size
         assert not points & seen, split
@@ -295,13 +303,13 @@ def test_the_csv_round_trip_is_exact_and_byte_stable(tmp_path: Path) -> None:
 def test_the_bytes_are_pinned(tmp_path: Path) -> None:
     write_splits({"tutorial": generate(DEFAULT_WORKLOADS[0], 42)}, tmp_path / "t.csv")
     text = (tmp_path / "t.csv").read_bytes()
-    assert text.startswith(b"workload,split,x1,x2,label\ntutorial,train,")
+    assert text.startswith(b"workload,split,label,features\ntutorial,train,")
     assert hashlib.sha256(text).hexdigest() == TUTORIAL_42_SHA256
 
 
 def test_a_csv_without_every_split_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
-    path.write_text("workload,split,x1,x2,label\ntutorial,train,0.5,0.25,1\n")
+    path.write_text("workload,split,label,features\ntutorial,train,1,0.5 0.25\n")
     with pytest.raises(ValueError, match="no validation or test set"):
         read_splits(path)
     path.write_text("seed,noise,x1,x2,label\n")
@@ -317,6 +325,8 @@ def test_the_generators_are_scikit_learns_with_portable_trigonometry(n):
     from sklearn.datasets import make_circles, make_moons
 
     for workload in DEFAULT_WORKLOADS:
+        if workload.generator == "digits":  # scikit-learn's own images, not drawn
+            continue
         sized = workload.model_copy(update={"n_train": n})
         ours = module.draw(sized, "train", 42)
         random = np.random.RandomState(

@@ -92,7 +92,9 @@ def _resolution_problems(plan: SearchPlan, workloads: tuple[Workload, ...]) -> l
             for corner in (0.0, 1.0):
                 point = space.from_unit([corner] * len(space.dims))
                 try:
-                    entry = space.resolve(point, workload.epochs)["scheduler"]
+                    entry = space.resolve(
+                        point, workload.epochs, workload.architecture.layer_names
+                    )["scheduler"]
                     parse_spec(space.name, entry, workload.epochs)
                 except (SpecError, ValueError) as error:
                     path = getattr(error, "path", "")

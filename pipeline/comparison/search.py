@@ -65,8 +65,8 @@ reads it; a dimension is a one-key mapping, anything else is a fixed value)::
         LambdaLR:              # a rule per layer: each decays to its own ratio over the budget
           type: LambdaLR
           form: layer_decay
-          Liner1_final_ratio: {log_uniform: [1.0e-3, 1.0]}
-          Liner2_final_ratio: {log_uniform: [1.0e-3, 1.0]}
+          first_final_ratio: {log_uniform: [1.0e-3, 1.0]}
+          last_final_ratio: {log_uniform: [1.0e-3, 1.0]}
         growing_batch:         # the rate stays; the batch grows from initial points, x factor
           type: batch_size     # every every_fraction * epochs updates
           initial: {int_uniform: [1, 8]}
@@ -91,6 +91,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.core.seeds import name_words
+from pipeline.problems.architecture import LOGICNET
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 Scalar: TypeAlias = str | int | float | bool
@@ -199,7 +200,7 @@ DIMENSIONS = (LogUniform, Uniform, IntUniform, Choice)
 # Forms: how a space's parameters become a scheduler's arguments for a budget. Each takes the
 # drawn and fixed values (lr included), removes those it uses, and returns the arguments it made;
 # what is left passes through as arguments.
-Form: TypeAlias = Callable[[dict[str, Any], int], dict[str, Any]]
+Form: TypeAlias = Callable[..., dict[str, Any]]  # (values, epochs[, layers]) -> arguments
 
 
 def _steps(fraction: float, epochs: int, least: int = 1, most: int | None = None) -> int:
@@ -278,14 +279,33 @@ def _one_cycle(values: dict[str, Any], epochs: int) -> dict[str, Any]:
     return {"max_lr": values[LR], "total_steps": epochs, "pct_start": pct_start}
 
 
-def _layer_decay(values: dict[str, Any], epochs: int) -> dict[str, Any]:
+def _layer_decay(
+    values: dict[str, Any], epochs: int, layers: Sequence[str] = LOGICNET.layer_names
+) -> dict[str, Any]:
     """LambdaLR with a rule per layer, the tutorial's fine-tuning case: each layer's rate decays
-    exponentially, over the budget, to its own ``<layer>_final_ratio`` of the peak."""
+    exponentially, over the budget, to its own ratio of the peak: ``first_final_ratio`` for the
+    first layer, ``last_final_ratio`` for the last, and for the layers between, ratios spaced
+    geometrically by depth (layer-wise decay, as in fine-tuning deeper networks)."""
+    first, last = float(values.pop("first_final_ratio")), float(values.pop("last_final_ratio"))
     rules = {}
-    for layer in ("Liner1", "Liner2"):
-        ratio = float(values.pop(f"{layer}_final_ratio"))
+    for depth, layer in enumerate(layers):
+        ratio = _between(first, last, depth, len(layers))
         rules[layer] = f"{ratio!r} ** (step / epochs)"
     return {"lr_lambda": rules}
+
+
+def _between(first: float, last: float, depth: int, count: int) -> float:
+    """``first ** (1 - t) * last ** t`` at ``t = depth / (count - 1)``, rounded once (mpmath:
+    glibc's pow picks its code by CPU); the ends exactly ``first`` and ``last``."""
+    if depth == 0:
+        return first
+    if depth == count - 1:
+        return last
+    import mpmath
+
+    with mpmath.workprec(96):
+        share = mpmath.mpf(depth) / (count - 1)
+        return float(mpmath.mpf(first) ** (1 - share) * mpmath.mpf(last) ** share)
 
 
 def _batch_size(values: dict[str, Any], epochs: int) -> dict[str, Any]:
@@ -298,6 +318,7 @@ def _direct(values: dict[str, Any], epochs: int) -> dict[str, Any]:
     return {}
 
 
+LAYERED_FORMS = ("layer_decay",)  # they take the network's layers too
 FORMS: dict[str, Form] = {
     "constant": _constant,
     "manual": _manual,
@@ -369,9 +390,11 @@ class SearchSpace:
             for (name, dim), u in zip(self.dims.items(), coordinates, strict=True)
         }
 
-    def resolve(self, point: Mapping[str, Any], epochs: int) -> dict[str, Any]:
+    def resolve(
+        self, point: Mapping[str, Any], epochs: int, layers: Sequence[str] = LOGICNET.layer_names
+    ) -> dict[str, Any]:
         """``{"lr": the peak rate (train.lr), "scheduler": a schedulers: entry}`` for a budget
-        of ``epochs`` updates."""
+        of ``epochs`` updates of a network of these ``layers`` (per-layer forms)."""
         if type(epochs) is not int or epochs < 1:
             raise ValueError(
                 f"{self.name}: a budget is a positive number of updates, got {epochs!r}"
@@ -382,7 +405,11 @@ class SearchSpace:
         values = {**self.fixed, **point}
         lr = values[LR]
         try:
-            arguments = FORMS[self.form_name](values, epochs)
+            form = FORMS[self.form_name]
+            if self.form_name in LAYERED_FORMS:
+                arguments = form(values, epochs, layers)
+            else:
+                arguments = form(values, epochs)
         except KeyError as error:
             raise ValueError(
                 f"{self.name}: the form {self.form_name!r} needs the parameter {error.args[0]!r};"
@@ -481,7 +508,7 @@ def _default_spaces() -> dict[str, SearchSpace]:
     }
     warmup = {"warmup_fraction": Uniform(0.01, 0.25), "start_factor": 0.01}
     one_cycle = {"pct_start": Uniform(0.05, 0.5), "anneal_strategy": Choice(("cos", "linear"))}
-    layers = {"Liner1_final_ratio": FINAL_RATIO, "Liner2_final_ratio": FINAL_RATIO}
+    layers = {"first_final_ratio": FINAL_RATIO, "last_final_ratio": FINAL_RATIO}
     growing = {"initial": IntUniform(1, 8), "factor": 2, "every_fraction": BUDGET_FRACTION}
     spaces = [
         make_space("constant", "constant"),

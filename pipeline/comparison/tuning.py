@@ -38,11 +38,13 @@ from pipeline.comparison.plan import ComparisonParams
 from pipeline.core import stats
 from pipeline.engines import units
 from pipeline.engines.units import Progress
+from pipeline.problems.architecture import Architecture
 from pipeline.problems.data import Dataset
+from pipeline.problems.model import logits
 from pipeline.problems.workloads import Splits, Workload
 from pipeline.schedules.specs import parse_spec
 from pipeline.trainer.batch import BatchResult, Replicate, Setup
-from pipeline.trainer.batched import stacked_logits, train_batch
+from pipeline.trainer.batched import train_batch
 from pipeline.trainer.runtime import tensors
 
 if TYPE_CHECKING:  # the plot stage reads tuning's results without running any engine
@@ -157,7 +159,7 @@ def draw_trials(
         unit = search.draw(space, count, plan.studies, plan.seed)
         for study in range(plan.studies):
             for index, point in enumerate(search.points(space, unit[study])):
-                resolved = space.resolve(point, workload.epochs)
+                resolved = space.resolve(point, workload.epochs, workload.architecture.layer_names)
                 trials.append(
                     Trial(
                         schedule=name,
@@ -191,7 +193,7 @@ def train_settings(
     """
     epochs = workload.epochs
     train = params.train
-    setup = Setup(epochs, workload.hidden_dim, train.optimizer, train.momentum)
+    setup = Setup(epochs, workload.architecture, train.optimizer, train.momentum)
     replicates = [
         Replicate(parse_spec(name, dict(entry), epochs), seed, lr, workload.noise)
         for name, entry, lr, seed in settings
@@ -507,7 +509,9 @@ def rerun_workload(
     train_sets = dict.fromkeys(seeds, splits.train)
     settings, owners = [], []
     for name, choice in chosen.items():
-        entry = plan.spaces[name].resolve(choice.point, workload.epochs)
+        entry = plan.spaces[name].resolve(
+            choice.point, workload.epochs, workload.architecture.layer_names
+        )
         for seed in seeds:
             settings.append(
                 (f"{name}.{workload.name}.{seed}", entry["scheduler"], entry["lr"], seed)
@@ -529,7 +533,7 @@ def rerun_workload(
         )
     test = {"test_target": test_target, "test_how": how}
     times = curves.times(test_target)
-    accuracies = accuracies_on(batch, splits.test)
+    accuracies = accuracies_on(batch, workload.architecture, splits.test)
     reruns, rates = [], {}
     for row, (name, seed) in enumerate(owners):
         if seed == seeds[0]:
@@ -541,12 +545,12 @@ def rerun_workload(
     return reruns, rates, test
 
 
-def accuracies_on(batch: BatchResult, test: Dataset) -> np.ndarray:
+def accuracies_on(batch: BatchResult, architecture: Architecture, test: Dataset) -> np.ndarray:
     """Each replicate's accuracy on ``test``, with the training's portable arithmetic."""
     x, y = tensors(test, torch.device("cpu"))
-    names = list(batch.state_dicts[0])
+    names = architecture.parameter_names
     weights = [torch.stack([state[n] for state in batch.state_dicts]) for n in names]
     with torch.no_grad():
-        logits = stacked_logits(weights, x)
-    correct = (logits.argmax(dim=-1) == y).sum(dim=-1).numpy()
+        found = logits(architecture, weights, x)
+    correct = (found.argmax(dim=-1) == y).sum(dim=-1).numpy()
     return correct.astype(np.float64) / len(y)

@@ -30,10 +30,12 @@ from pydantic import (
 )
 
 from pipeline.core.validation import RUN_NAME, Frozen, ParamsError, raise_problems
+from pipeline.problems.architecture import Architecture, ModelParams
 
 if TYPE_CHECKING:  # importing schedules imports torch: only the stages that need it pay
     from pipeline.schedules.specs import ScheduleSpec
 
+MOONS_FEATURES, MOONS_CLASSES = 2, 2  # the train stage's data: points in the plane, two moons
 # How far scheduler entries are checked: "trial" builds and steps each on a throwaway optimizer
 # (train, validate, preview); "parse" checks types and arguments (plot, which only needs the
 # names); "skip" leaves them to the stages that read them (generate, which reads none).
@@ -78,10 +80,6 @@ class DataParams(Frozen):
     test: TestSetParams = TestSetParams()
 
     _axis = field_validator("noise", mode="before")(_grid_axis)
-
-
-class ModelParams(Frozen):
-    hidden_dim: Annotated[StrictInt, Field(gt=0, le=4096)] = 3
 
 
 class TrainParams(Frozen):
@@ -206,6 +204,11 @@ class Params:
     execution: ExecutionParams = field(default_factory=ExecutionParams)
 
     @property
+    def architecture(self) -> Architecture:
+        """The train stage's network: ``model`` on the two moons (2 features, 2 classes)."""
+        return self.model.architecture(MOONS_FEATURES, MOONS_CLASSES)
+
+    @property
     def seeds(self) -> list[int]:
         """``seed``, ``seed + 1``, ...: each draws its own train set and initial weights."""
         return [self.seed + offset for offset in range(self.train.seeds)]
@@ -313,6 +316,11 @@ def parse_params(
     except ValidationError as error:
         raise ParamsError(_format_errors(error, source)) from None
     problems, specs = [], []
+    try:
+        layers = raw.model.architecture(MOONS_FEATURES, MOONS_CLASSES).layer_names
+    except ValueError as error:
+        problems.append(f"model.conv: {error} (the train stage's two moons are 2-D points)")
+        layers = ()
     for name, spec in raw.schedulers.items():
         if not RUN_NAME.match(name):
             problems.append(
@@ -328,6 +336,13 @@ def parse_params(
             specs.append(parse_spec(name, spec, raw.train.epochs))
         except SpecError as error:
             problems.append(f"schedulers.{name}{error.path}: {error}")
+            continue
+        groups = specs[-1].groups
+        if layers and specs[-1].per_layer and set(groups) != set(layers):
+            problems.append(
+                f"schedulers.{name}.lr_lambda: per-layer rules need exactly the layers of"
+                f" model ({', '.join(layers)}); got {', '.join(groups)}"
+            )
     raise_problems(problems, source)
     params = Params(
         seed=raw.seed,

@@ -73,8 +73,8 @@ def train_shard(
         torch.device(device),
         on_step=lambda step: progress(count),
     )
-    hidden_dim = params.model.hidden_dim
-    finals = [replicate_finals(batch, i, hidden_dim, datasets, test_sets) for i in range(count)]
+    network = params.architecture
+    finals = [replicate_finals(batch, i, network, datasets, test_sets) for i in range(count)]
     names = list(batch.state_dicts[0])
     return ShardResult(
         rates=batch.rates,

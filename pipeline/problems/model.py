@@ -1,4 +1,11 @@
-"""The tutorial's LogicNet: Linear -> tanh -> Linear, cross-entropy loss, argmax prediction."""
+"""The model family's torch modules: LogicNet (the tutorial's) and every other member.
+
+A :class:`FamilyNet` is built from an :class:`~pipeline.problems.architecture.Architecture`:
+its layers are ``nn.Linear`` (and ``nn.Conv2d``) modules named ``Conv1``, ``Liner1``, ... so
+that its state dict, its initial weights and its per-layer param groups are those torch gives
+such a network. Its forward pass is :func:`logits`: each product in a fixed order, so that the
+same weights give the same bits on any CPU.
+"""
 
 from __future__ import annotations
 
@@ -9,30 +16,57 @@ import torch
 from torch import nn
 
 from pipeline.core import portable
+from pipeline.problems.architecture import LOGICNET, Architecture
 
 # The tutorial's own attribute names; per-layer param groups are named after them.
-LAYER_NAMES = ("Liner1", "Liner2")
+LAYER_NAMES = LOGICNET.layer_names
 
 
 def logits(
-    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, x: torch.Tensor
+    architecture: Architecture, weights: list[torch.Tensor], x: torch.Tensor
 ) -> torch.Tensor:
-    """LogicNet's forward pass, Liner2(tanh(Liner1(x))), of one model or of models stacked
-    first (then ``x`` per model or shared). Each layer's product runs in a fixed order rather
-    than MKL's SGEMM, whose bits depend on the CPU: the same bytes on any machine."""
-    hidden = torch.tanh(portable.linear(x, w1, b1))
-    return portable.linear(hidden, w2, b2)
+    """The network's forward pass, of one model or of models stacked first (then ``x`` per
+    model or shared): ``weights`` in state-dict order, ``x`` ``(..., samples, inputs)``.
+
+    A convolution is a product over each position's patch of pixels (gathered, not computed),
+    its outputs flattened position by position: ``(..., samples, positions * channels)``.
+    """
+    hidden = x
+    for index, layer in enumerate(architecture.layers):
+        weight, bias = weights[2 * index], weights[2 * index + 1]
+        if len(layer.weight_shape) == 4:
+            assert architecture.conv is not None
+            patches = hidden[..., torch.from_numpy(architecture.conv.patches()).to(x.device)]
+            samples, positions = patches.shape[-3], patches.shape[-2]
+            flat = patches.reshape(*patches.shape[:-3], samples * positions, layer.fan_in)
+            kernel = weight.reshape(*weight.shape[:-4], layer.fan_out, layer.fan_in)
+            out = portable.linear(flat, kernel, bias)
+            hidden = out.reshape(*out.shape[:-2], samples, positions * layer.fan_out)
+        else:
+            hidden = portable.linear(hidden, weight, bias)
+        if layer.activation == "tanh":
+            hidden = torch.tanh(hidden)
+        elif layer.activation == "relu":
+            hidden = torch.relu(hidden)
+    return hidden
 
 
-class LogicNet(nn.Module):
-    def __init__(self, inputdim: int = 2, hiddendim: int = 3, outputdim: int = 2) -> None:
+class FamilyNet(nn.Module):
+    """One member of the family, its layers drawn in order as torch initialises them."""
+
+    def __init__(self, architecture: Architecture) -> None:
         super().__init__()
-        self.Liner1 = nn.Linear(inputdim, hiddendim)
-        self.Liner2 = nn.Linear(hiddendim, outputdim)
+        self.architecture = architecture
+        for layer in architecture.layers:
+            if len(layer.weight_shape) == 4:
+                kernel = layer.weight_shape[-1]
+                setattr(self, layer.name, nn.Conv2d(1, layer.fan_out, kernel))
+            else:
+                setattr(self, layer.name, nn.Linear(layer.fan_in, layer.fan_out))
         self.criterion = nn.CrossEntropyLoss()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return logits(self.Liner1.weight, self.Liner1.bias, self.Liner2.weight, self.Liner2.bias, x)
+        return logits(self.architecture, list(self.parameters()), x)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return torch.argmax(torch.softmax(self.forward(x), dim=1), dim=1)
@@ -41,12 +75,20 @@ class LogicNet(nn.Module):
         return self.criterion(self.forward(x), y)
 
 
-def param_groups(model: LogicNet, per_layer: bool) -> list[dict]:
+class LogicNet(FamilyNet):
+    """The tutorial's network: Liner1 -> tanh -> Liner2, under the tutorial's signature."""
+
+    def __init__(self, inputdim: int = 2, hiddendim: int = 3, outputdim: int = 2) -> None:
+        super().__init__(Architecture(inputdim, outputdim, (hiddendim,), "tanh"))
+
+
+def param_groups(model: FamilyNet, per_layer: bool) -> list[dict]:
     """One group for the whole model, or one named group per layer (the fine-tuning case)."""
     if not per_layer:
         return [{"params": list(model.parameters()), "name": "all"}]
     return [
-        {"params": list(getattr(model, layer).parameters()), "name": layer} for layer in LAYER_NAMES
+        {"params": list(getattr(model, layer).parameters()), "name": layer}
+        for layer in model.architecture.layer_names
     ]
 
 
@@ -63,18 +105,19 @@ def stacked_weights(seeds: list[int], state_dicts: list[dict[str, torch.Tensor]]
     return {"seeds": torch.tensor(seeds), **stacked}
 
 
-def load_model(path: str, hidden_dim: int, index: int = 0) -> LogicNet:
+def load_model(path: str, architecture: Architecture, index: int = 0) -> FamilyNet:
     """The model of the ``index``-th seed from a file of :func:`stacked_weights`."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = LogicNet(inputdim=2, hiddendim=hidden_dim, outputdim=2)
+    model = FamilyNet(architecture)
     model.load_state_dict({k: v[index] for k, v in saved.items() if k != "seeds"})
     return model.eval()
 
 
-def seed_accuracies(path: str, features: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+def seed_accuracies(
+    path: str, architecture: Architecture, features: torch.Tensor, labels: torch.Tensor
+) -> np.ndarray:
     """Accuracy of every seed's model in a :func:`stacked_weights` file, (seeds,) float64."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    w1, b1 = saved["Liner1.weight"], saved["Liner1.bias"]
-    w2, b2 = saved["Liner2.weight"], saved["Liner2.bias"]
-    predicted = logits(w1, b1, w2, b2, features).argmax(dim=2)  # every seed at once
+    weights = [saved[name] for name in architecture.parameter_names]
+    predicted = logits(architecture, weights, features).argmax(dim=2)  # every seed at once
     return (predicted == labels).sum(dim=1).numpy() / len(labels)

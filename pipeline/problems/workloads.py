@@ -1,10 +1,12 @@
 """Workloads for comparing schedules after AlgoPerf's external-tuning ruleset.
 
-A workload is a data set and a training budget: a scikit-learn generator (two moons, or two
-concentric circles), the sizes of its train, validation and test sets, its noise, the number of
-full-batch updates and the width of LogicNet's hidden layer. Held-out workloads are never used
-for tuning; they only check that the settings tuned on the others carry over. Tuning reads the
-validation set only; the test set is read once, for the final report.
+A workload is a data set, a model and a training budget: a scikit-learn generator (two moons,
+two concentric circles, or the 8x8 images of handwritten digits), the sizes of its train,
+validation and test sets, its noise, the number of full-batch updates and the network
+(``model``, a member of :mod:`pipeline.problems.architecture`'s family; LogicNet by default).
+Held-out workloads are never used for tuning; they only check that the settings tuned on the
+others carry over. Tuning reads the validation set only; the test set is read once, for the
+final report.
 
 Every split is drawn locally from its own seed, derived from (seed, workload name, split) with
 :class:`numpy.random.SeedSequence` and the sha256 of the name: adding, removing or reordering
@@ -22,7 +24,6 @@ The defaults, as they would appear in params.yaml (a test checks that this snipp
         n_test: 500
         noise: 0.2
         epochs: 1000
-        hidden_dim: 3
         held_out: false
       - name: more_points       # five times the points
         generator: moons
@@ -31,7 +32,6 @@ The defaults, as they would appear in params.yaml (a test checks that this snipp
         n_test: 500
         noise: 0.2
         epochs: 1000
-        hidden_dim: 3
         held_out: false
       - name: more_noise        # the moons overlap: no rule classifies every point
         generator: moons
@@ -40,7 +40,6 @@ The defaults, as they would appear in params.yaml (a test checks that this snipp
         n_test: 500
         noise: 0.35
         epochs: 1000
-        hidden_dim: 3
         held_out: false
       - name: long_budget       # three times the updates
         generator: moons
@@ -49,7 +48,6 @@ The defaults, as they would appear in params.yaml (a test checks that this snipp
         n_test: 500
         noise: 0.2
         epochs: 3000
-        hidden_dim: 3
         held_out: false
       - name: wide_hidden       # held out: a model wider than any tuned on
         generator: moons
@@ -58,7 +56,7 @@ The defaults, as they would appear in params.yaml (a test checks that this snipp
         n_test: 500
         noise: 0.2
         epochs: 1000
-        hidden_dim: 16
+        model: {hidden: [16]}
         held_out: true
       - name: circles           # held out: data of a shape never tuned on
         generator: circles
@@ -68,7 +66,24 @@ The defaults, as they would appear in params.yaml (a test checks that this snipp
         n_test: 500
         noise: 0.1
         epochs: 1000
-        hidden_dim: 3
+        held_out: true
+      - name: deep_relu         # held out: a deeper network of ReLU units (two hidden layers of 8)
+        generator: moons
+        n_train: 20
+        n_validation: 200
+        n_test: 500
+        noise: 0.2
+        epochs: 1000
+        model: {hidden: [8, 8], activation: relu}
+        held_out: true
+      - name: digits            # held out: 8x8 images of ten digits, for a small conv net
+        generator: digits
+        n_train: 64
+        n_validation: 200
+        n_test: 500
+        noise: 0.0
+        epochs: 200
+        model: {conv: {channels: 2, kernel: 3}, hidden: [8], activation: relu}
         held_out: true
 
 Each tuned workload changes one thing of the tutorial's (points, noise, budget), so that a
@@ -108,12 +123,15 @@ from pydantic_core import PydanticCustomError
 from pipeline.core import files
 from pipeline.core.seeds import name_words
 from pipeline.core.validation import RUN_NAME, Frozen, raise_problems
+from pipeline.problems.architecture import Architecture, ConvParams, ModelParams
 from pipeline.problems.data import Dataset
 
-Generator = Literal["moons", "circles"]
+Generator = Literal["moons", "circles", "digits"]
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "test")
-HEADER = ("workload", "split", "x1", "x2", "label")
+HEADER = ("workload", "split", "label", "features")  # features: space-separated floats
+DIGITS = 1797  # scikit-learn's 8x8 digits: the images there are to split
+DIGIT_CLASSES, DIGIT_PIXELS = 10, 64
 MAX_WORKLOADS = 100
 MAX_SEED = 2**64  # seeds are 0 <= seed < MAX_SEED: two of SeedSequence's 32-bit words
 # The first word of every split's spawn key: keeps these streams apart from any other use of
@@ -137,7 +155,7 @@ class Workload(Frozen):
     n_test: SetSize
     noise: Annotated[StrictFloat, Field(ge=0, le=10)]
     epochs: Annotated[StrictInt, Field(gt=0, le=1_000_000)]  # the budget: full-batch updates
-    hidden_dim: Annotated[StrictInt, Field(gt=0, le=4096)]
+    model: ModelParams = ModelParams()  # the network; LogicNet by default
     held_out: StrictBool = False  # never tuned on; only checks that the tuned settings carry over
     target_loss: Annotated[StrictFloat, Field(gt=0)] | None = None  # None: derived later
 
@@ -160,9 +178,34 @@ class Workload(Frozen):
                 "circles need factor, the inner circle's radius as a fraction of the outer's"
                 " (0 < factor < 1)",
             )
-        if generator == "moons" and factor is not None:
+        if generator != "circles" and factor is not None:
             raise ValueError("only circles take a factor; remove it")
         return factor
+
+    def problems(self, key: str) -> list[str]:
+        """What the entry at ``key`` asks that its data cannot give."""
+        found = []
+        try:
+            self.architecture  # noqa: B018 -- raises where the model cannot take these data
+        except ValueError as error:
+            found.append(f"{key}.model.conv: {error} ({self.generator} gives {self._shape()})")
+        total = self.n_train + self.n_validation + self.n_test
+        if self.generator == "digits" and total > DIGITS:
+            found.append(
+                f"{key}.n_train: n_train + n_validation + n_test is {total}; the digits have"
+                f" {DIGITS} images to split"
+            )
+        return found
+
+    def _shape(self) -> str:
+        return "8x8 images" if self.generator == "digits" else "points in the plane"
+
+    @property
+    def architecture(self) -> Architecture:
+        """The network on these data: 8x8 images in ten classes, or points in two."""
+        if self.generator == "digits":
+            return self.model.architecture(DIGIT_PIXELS, DIGIT_CLASSES)
+        return self.model.architecture(2, 2)
 
     def size(self, split: Split) -> int:
         return {"train": self.n_train, "validation": self.n_validation, "test": self.n_test}[split]
@@ -177,20 +220,41 @@ TUTORIAL = Workload(
     n_test=500,
     noise=0.2,
     epochs=1000,
-    hidden_dim=3,
 )
 DEFAULT_WORKLOADS: tuple[Workload, ...] = (
     TUTORIAL,
     TUTORIAL.model_copy(update={"name": "more_points", "n_train": 100}),
     TUTORIAL.model_copy(update={"name": "more_noise", "noise": 0.35}),
     TUTORIAL.model_copy(update={"name": "long_budget", "epochs": 3000}),
-    TUTORIAL.model_copy(update={"name": "wide_hidden", "hidden_dim": 16, "held_out": True}),
+    TUTORIAL.model_copy(
+        update={"name": "wide_hidden", "model": ModelParams(hidden=(16,)), "held_out": True}
+    ),
     TUTORIAL.model_copy(
         update={
             "name": "circles",
             "generator": "circles",
             "factor": 0.5,
             "noise": 0.1,
+            "held_out": True,
+        }
+    ),
+    TUTORIAL.model_copy(
+        update={
+            "name": "deep_relu",
+            "model": ModelParams(hidden=(8, 8), activation="relu"),
+            "held_out": True,
+        }
+    ),
+    TUTORIAL.model_copy(
+        update={
+            "name": "digits",
+            "generator": "digits",
+            "n_train": 64,
+            "noise": 0.0,
+            "epochs": 200,
+            "model": ModelParams(
+                conv=ConvParams(channels=2, kernel=3), hidden=(8,), activation="relu"
+            ),
             "held_out": True,
         }
     ),
@@ -236,6 +300,7 @@ def _list_problems(workloads: Sequence[Workload], key: str) -> list[str]:
     problems: list[str] = []
     seen: dict[str, int] = {}
     for index, workload in enumerate(workloads):
+        problems.extend(workload.problems(f"{key}[{index}]"))
         # Case-insensitively: names become run and file names, and some file systems fold case.
         first = seen.setdefault(workload.name.casefold(), index)
         if first != index:
@@ -299,10 +364,18 @@ def split_seed(name: str, split: Split, seed: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(seed, spawn_key=(_DOMAIN, SPLITS.index(split), *words))
 
 
+def _random(name: str, split: Split, seed: int, stream: int = 0) -> np.random.RandomState:
+    """RandomState, the stream numpy keeps frozen, on the derived seed: byte-stable."""
+    sequence = split_seed(name, split, seed)
+    if stream:
+        sequence = np.random.SeedSequence(seed, spawn_key=(*sequence.spawn_key, stream))
+    return np.random.RandomState(np.random.MT19937(sequence))
+
+
 def draw(workload: Workload, split: Split, seed: int) -> Dataset:
-    """One split of the workload, drawn from :func:`split_seed`: float64 (n, 2), int64 (n,)."""
-    # RandomState, the stream numpy keeps frozen, on the derived seed: byte-stable.
-    random = np.random.RandomState(np.random.MT19937(split_seed(workload.name, split, seed)))
+    """One split of a moons or circles workload, drawn from :func:`split_seed`: float64
+    (n, 2), int64 (n,)."""
+    random = _random(workload.name, split, seed)
     n = workload.size(split)
     if workload.generator == "circles":
         assert workload.factor is not None
@@ -358,12 +431,41 @@ def _circles(
     return _finish(x, y, out, inside, noise, random)
 
 
+def _digits(workload: Workload, seed: int, train_seed: int) -> Splits:
+    """Disjoint splits of scikit-learn's 1,797 digits: the test and validation images from a
+    permutation of ``seed``, the train images from the rest by ``train_seed``; pixels scaled
+    to [0, 1] (from 0..16: exact), plus Gaussian noise of ``noise``, each split its own."""
+    from sklearn.datasets import load_digits  # its own 8x8 images, shipped with it: no download
+
+    images = load_digits()
+    pixels = np.asarray(images.data, dtype=np.float64) / 16.0
+    labels = np.asarray(images.target, dtype=np.int64)
+    name, n_test, n_validation = workload.name, workload.n_test, workload.n_validation
+    order = _random(name, "test", seed).permutation(DIGITS)
+    rest = np.sort(order[n_test + n_validation :])
+    chosen = {
+        "test": order[:n_test],
+        "validation": order[n_test : n_test + n_validation],
+        "train": _random(name, "train", train_seed).permutation(rest)[: workload.n_train],
+    }
+
+    def split(part: Split, drawn_from: int) -> Dataset:
+        noise = _random(name, part, drawn_from, stream=1).normal(
+            scale=workload.noise, size=(len(chosen[part]), DIGIT_PIXELS)
+        )
+        return Dataset(pixels[chosen[part]] + noise, labels[chosen[part]])
+
+    return Splits(split("train", train_seed), split("validation", seed), split("test", seed))
+
+
 def generate(workload: Workload, seed: int, *, train_seed: int | None = None) -> Splits:
     """The workload's train, validation and test sets, each from its own seed.
 
     ``train_seed`` draws another train set for re-running chosen settings over several seeds:
     the validation and test sets stay those of ``seed``, and ``train_seed=seed`` is the default.
     """
+    if workload.generator == "digits":
+        return _digits(workload, seed, seed if train_seed is None else train_seed)
     return Splits(
         train=draw(workload, "train", seed if train_seed is None else train_seed),
         validation=draw(workload, "validation", seed),
@@ -377,13 +479,14 @@ def generate_all(workloads: Sequence[Workload], seed: int) -> dict[str, Splits]:
 
 
 def write_splits(data: Mapping[str, Splits], path: str | Path) -> None:
-    """Several workloads' splits in one CSV, ``workload,split,x1,x2,label``; floats with repr(),
-    the shortest text that reads back to the same float: exact and byte-stable."""
+    """Several workloads' splits in one CSV, ``workload,split,label,features``, the features
+    space-separated; floats with repr(), the shortest text that reads back to the same float:
+    exact and byte-stable."""
     rows = (
-        (name, split, repr(x1), repr(x2), label)
+        (name, split, label, " ".join(map(repr, point)))
         for name, splits in data.items()
         for split, dataset in splits.items()
-        for (x1, x2), label in zip(dataset.features.tolist(), dataset.labels.tolist(), strict=True)
+        for point, label in zip(dataset.features.tolist(), dataset.labels.tolist(), strict=True)
     )
     files.write_text(path, files.csv_text(HEADER, rows))
 
@@ -406,8 +509,8 @@ def read_splits(path: str | Path) -> dict[str, Splits]:
             raise ValueError(f"{path}: workload {name!r} has no {' or '.join(missing)} set")
         sets = {
             split: Dataset(
-                np.array([[float(r[0]), float(r[1])] for r in body], dtype=np.float64),
-                np.array([int(r[2]) for r in body], dtype=np.int64),
+                np.array([[float(v) for v in r[1].split()] for r in body], dtype=np.float64),
+                np.array([int(r[0]) for r in body], dtype=np.int64),
             )
             for split, body in by_split.items()
         }

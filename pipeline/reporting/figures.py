@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from pipeline.engines import units
 from pipeline.problems.data import Dataset
-from pipeline.problems.model import LogicNet
+from pipeline.problems.model import FamilyNet
 
 RunTables = Mapping[str, Mapping[str, np.ndarray]]  # run name -> column -> values
 DPI = 120
@@ -162,7 +162,7 @@ class Regions:
 
 
 def decision_regions(
-    models: Mapping[str, LogicNet], sets: Mapping[str, tuple[Dataset, Dataset]]
+    models: Mapping[str, FamilyNet], sets: Mapping[str, tuple[Dataset, Dataset]]
 ) -> Regions:
     everything = np.vstack([d.features for pair in sets.values() for d in pair])
     low, high = everything.min(axis=0) - 0.5, everything.max(axis=0) + 0.5

@@ -23,7 +23,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from pipeline.core.optim import make_optimizer
-from pipeline.problems.model import LAYER_NAMES, LogicNet, param_groups
+from pipeline.problems.architecture import LAYER_NAME
 from pipeline.schedules import expressions
 
 BUILTIN_TYPES = {
@@ -75,7 +75,11 @@ class ScheduleSpec:
 
     @property
     def groups(self) -> tuple[str, ...]:
-        return LAYER_NAMES if self.per_layer else ("all",)
+        """The param groups it drives: ``all``, or the layers its rules name, in the model's
+        order (the convolution, then Liner1, Liner2, ...)."""
+        if not self.per_layer:
+            return ("all",)
+        return tuple(self.rules) if self.rules else self.children[0].groups
 
     def as_params(self) -> dict[str, Any]:
         """The entry as it reads in params.yaml, for logging."""
@@ -183,6 +187,8 @@ def _parse(name: str, raw: Any, epochs: int, nested: bool) -> ScheduleSpec:
                 raise SpecError(str(error), f".schedulers[{index}]{error.path}") from None
         if len({child.per_layer for child in parsed}) > 1:
             raise SpecError("nested schedulers must all be per-layer or all not", ".schedulers")
+        if len({child.groups for child in parsed}) > 1:
+            raise SpecError("nested per-layer schedulers must name the same layers", ".schedulers")
         children, per_layer = tuple(parsed), parsed[0].per_layer
     return ScheduleSpec(name, kind, kwargs, per_layer, monitor, children, rules)
 
@@ -220,12 +226,14 @@ def _parse_builtin(name: str, kind: str, kwargs: dict[str, Any]) -> ScheduleSpec
 def _parse_rules(value: Any, epochs: int) -> tuple[dict[str, expressions.Expression], bool]:
     per_layer = isinstance(value, dict)
     sources = value if per_layer else {"all": value}
-    if per_layer and set(sources) != set(LAYER_NAMES):
-        raise SpecError(
-            f"per-layer rules need exactly the layers {', '.join(LAYER_NAMES)}; got "
-            f"{', '.join(map(str, sources)) or 'none'}",
-            f".{RULE_ARGUMENT}",
-        )
+    if per_layer:
+        wrong = [str(name) for name in sources if not LAYER_NAME.match(str(name))]
+        if wrong or not sources:
+            raise SpecError(
+                f"per-layer rules are keyed by layer: Conv1, Liner1, Liner2, ... (the model's;"
+                f" LogicNet's are Liner1, Liner2); got {', '.join(wrong) or 'none'}",
+                f".{RULE_ARGUMENT}",
+            )
     rules = {}
     for group, source in sources.items():
         path = f".{RULE_ARGUMENT}" + (f".{group}" if per_layer else "")
@@ -240,8 +248,15 @@ def _parse_rules(value: Any, epochs: int) -> tuple[dict[str, expressions.Express
         except expressions.ExpressionError as error:
             raise SpecError(str(error), path) from None
         rules[group] = rule
-    ordered = {g: rules[g] for g in (LAYER_NAMES if per_layer else ("all",))}
-    return ordered, per_layer
+    return dict(sorted(rules.items(), key=lambda item: layer_order(item[0]))), per_layer
+
+
+def layer_order(name: str) -> tuple[int, int]:
+    """Where a layer comes in a network of the family: the convolution, then the dense layers."""
+    found = LAYER_NAME.match(name)
+    if found is None:
+        return (-1, 0)  # "all"
+    return (found.group(1) == "Liner", int(found.group(2)))
 
 
 def _steps_to_check(epochs: int) -> Sequence[int]:
@@ -330,14 +345,13 @@ def preview(
     lr: float,
     optimizer: str = "adam",
     momentum: float = 0.0,
-    hidden_dim: int = 3,
 ) -> np.ndarray:
     """The rate each update would use, shape (epochs, groups), without training.
 
     ReduceLROnPlateau sees a loss that never improves, so its preview is the fastest decay it
     can make; in training it decays only when the loss stalls.
     """
-    return trace(spec, epochs, lr, optimizer, momentum, hidden_dim)[0]
+    return trace(spec, epochs, lr, optimizer, momentum)[0]
 
 
 def trace(
@@ -346,19 +360,17 @@ def trace(
     lr: float,
     optimizer: str = "adam",
     momentum: float = 0.0,
-    hidden_dim: int = 3,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rates and momenta (Adam's beta1, or SGD's momentum) of each update, per group.
 
     OneCycleLR and CyclicLR cycle the momentum too, so a faithful replay needs both. A trace is
     kept for the process: validation traces every schedule, and training reads the same again.
     """
-    key = (id(spec), epochs, lr, optimizer, momentum, hidden_dim)
+    key = (id(spec), epochs, lr, optimizer, momentum)
     kept = _TRACES.get(key)
     if kept is not None and kept[0] is spec:  # the very spec: an id is reused only once freed
         return kept[1].copy(), kept[2].copy()
-    model = LogicNet(hiddendim=hidden_dim)
-    opt = make_optimizer(param_groups(model, spec.per_layer), optimizer, lr, momentum)
+    opt = make_optimizer(stand_in_groups(spec), optimizer, lr, momentum)
     schedule = Schedule(spec, opt, epochs)
     rates = np.empty((epochs, len(opt.param_groups)))
     momenta = np.empty_like(rates)
@@ -372,3 +384,9 @@ def trace(
 
 
 _TRACES: dict[tuple, tuple[ScheduleSpec, np.ndarray, np.ndarray]] = {}
+
+
+def stand_in_groups(spec: ScheduleSpec) -> list[dict]:
+    """Param groups of one weight each, named as the spec's groups: a scheduler reads only the
+    groups' rates, so its rates are those it would give the model's own groups."""
+    return [{"params": [torch.zeros(1, requires_grad=True)], "name": g} for g in spec.groups]

@@ -1,4 +1,5 @@
-"""A run's trained LogicNet as an MLflow model: points in, classes and probabilities out.
+"""A run's trained network (LogicNet, or any perceptron of the family) as an MLflow model:
+points in, classes and probabilities out.
 
 Points come as a DataFrame with columns ``x1`` and ``x2`` (read by name, in any order) or as a
 plain ``(n, 2)`` array of floats (read by position: x1, then x2). The signature's inputs are
@@ -10,10 +11,12 @@ Logged with MLflow's ``python_function`` flavor, so that MLflow's own tools load
 the Model Registry. The model is this file (logged as code, never pickled) and the run's
 weights as a ``.npz`` artifact; a run over several seeds is served by its first seed's weights.
 
-LogicNet's forward pass here is numpy's (float32, as torch computes it in training): a 2-3-2
-network needs no torch to predict, so neither logging (in the MLflow process, which then never
-imports torch) nor serving pays torch's import, and the model needs only mlflow, numpy and
-pandas. ``tests/test_models.py`` holds its answers to those of the PyTorch model.
+The forward pass here is numpy's (float32, as torch computes it in training): the dense layers
+``Liner1``, ``Liner2``, ... of the weights, each hidden one followed by the activation the
+weights file names. A network this small needs no torch to predict, so neither logging (in the
+MLflow process, which then never imports torch) nor serving pays torch's import, and the model
+needs only mlflow, numpy and pandas. ``tests/test_models.py`` holds its answers to those of
+the PyTorch model.
 """
 
 from __future__ import annotations
@@ -38,34 +41,42 @@ SIGNATURE = ModelSignature(inputs=Schema(_INPUTS), outputs=Schema(_OUTPUTS))
 # What loading the model imports, pinned to the versions installed where it was logged. Written
 # out, so that MLflow infers nothing at log time (inferring loads the model and traces imports).
 REQUIREMENTS = ("mlflow", "numpy", "pandas")
-LAYERS = ("Liner1", "Liner2")  # LogicNet's, as its state dict names them
+ACTIVATION = "activation"  # the weights file's entry naming the hidden layers' activation
 
 
 def pip_requirements() -> list[str]:
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
 
 
-class LogicNetClassifier(PythonModel):
+class NetworkClassifier(PythonModel):
     """``predict``: points (a frame with ``x1``, ``x2``, or an (n, 2) array) -> ``class``,
     ``probability_0``, ``probability_1``."""
 
     def load_context(self, context: PythonModelContext) -> None:
         with np.load(context.artifacts[WEIGHTS]) as saved:
+            names = sorted(
+                (key.removesuffix(".weight") for key in saved.files if key.endswith(".weight")),
+                key=lambda name: int(name.removeprefix("Liner")),
+            )
             self.layers = [
                 (
                     saved[f"{layer}.weight"].astype(np.float32),
                     saved[f"{layer}.bias"].astype(np.float32),
                 )
-                for layer in LAYERS
+                for layer in names
             ]
+            self.activation = str(saved[ACTIVATION]) if ACTIVATION in saved.files else "tanh"
 
     def predict(
         self, context: PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
         points = _points(model_input)
-        # LogicNet.forward: Liner2(tanh(Liner1(x))), on float32 points as in training.
-        (w1, b1), (w2, b2) = self.layers
-        logits = np.tanh(points @ w1.T + b1) @ w2.T + b2
+        # The network's forward pass (LogicNet's: Liner2(tanh(Liner1(x)))), on float32 points.
+        logits = points
+        for number, (weight, bias) in enumerate(self.layers, start=1):
+            logits = logits @ weight.T + bias
+            if number < len(self.layers):
+                logits = np.tanh(logits) if self.activation == "tanh" else np.maximum(logits, 0)
         shifted = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
         probabilities = shifted / shifted.sum(axis=1, keepdims=True)
         return pd.DataFrame(
@@ -97,7 +108,8 @@ def input_example(features: np.ndarray) -> pd.DataFrame:
 
 
 def log(weights: dict[str, np.ndarray], example: pd.DataFrame, run_id: str) -> str:
-    """Log a model of these weights (one seed's LogicNet state dict, as numpy arrays) to run
+    """Log a model of these weights (one seed's state dict as numpy arrays, and its
+    ``activation``) to run
     ``run_id`` at artifact name ``model``, without making the run the active one; the answer:
     its ``models:/`` id."""
     import mlflow.pyfunc
@@ -123,4 +135,4 @@ def log(weights: dict[str, np.ndarray], example: pd.DataFrame, run_id: str) -> s
 
 
 # What MLflow loads when it runs this file as the model's code.
-set_model(LogicNetClassifier())
+set_model(NetworkClassifier())

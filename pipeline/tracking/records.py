@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -255,7 +256,11 @@ class Recorder:
                 # (to link the current step's values to the model), seconds for 1000-step runs.
                 # The final metrics are linked to it below instead.
                 example = mlflow_model.input_example(model.example)
-                model_id = mlflow_model.log(model.weights, example, run_id)
+                model_id = mlflow_model.log(
+                    {**model.weights, mlflow_model.ACTIVATION: np.array(model.activation)},
+                    example,
+                    run_id,
+                )
                 self.model_ids[name] = (run_id, model_id)
             now = int(time.time() * 1000)
             metrics = step_metrics(series, now)

@@ -149,11 +149,12 @@ class DataFile:
 
 @dataclass(frozen=True)
 class ModelToLog:
-    """A child run's model: one seed's weights (LogicNet's state dict as numpy arrays) and a few
-    input points for its example."""
+    """A child run's model: one seed's weights (its state dict as numpy arrays), a few input
+    points for its example, and the activation of its hidden layers."""
 
     weights: dict[str, Any]  # name -> float32 array
     example: Any  # (n, 2) float64 array: its first points
+    activation: str = "tanh"
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import torch
 
 from pipeline.config.params import Params
 from pipeline.core.optim import make_optimizer
+from pipeline.problems.architecture import Architecture
 from pipeline.problems.data import Dataset
-from pipeline.problems.model import LogicNet, param_groups
-from pipeline.schedules.specs import Schedule, ScheduleSpec, trace
+from pipeline.schedules.specs import Schedule, ScheduleSpec, stand_in_groups, trace
 from pipeline.trainer.plateau import PlateauBank
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which the tutorial uses
@@ -44,24 +44,28 @@ class Replicate:
 @dataclass(frozen=True)
 class Setup:
     """What a batch trains under: its budget in updates (``train.epochs`` in params: the
-    tutorial's word), the hidden layer's width, the optimizer and its momentum (SGD's)."""
+    tutorial's word), the network, the optimizer and its momentum (SGD's)."""
 
     updates: int
-    hidden_dim: int
+    architecture: Architecture
     optimizer: str
     momentum: float
 
     @classmethod
     def of(cls, params: Params) -> Setup:
-        """The train stage's: ``train.epochs`` updates of a ``model.hidden_dim`` LogicNet."""
+        """The train stage's: ``train.epochs`` updates of ``model`` on the two moons."""
         train = params.train
-        return cls(train.epochs, params.model.hidden_dim, train.optimizer, train.momentum)
+        return cls(train.epochs, params.architecture, train.optimizer, train.momentum)
+
+    @property
+    def layers(self) -> int:
+        return len(self.architecture.layers)
 
 
 @dataclass(frozen=True)
 class BatchResult:
     replicates: tuple[Replicate, ...]
-    rates: np.ndarray  # (replicates, epochs, 2): the rate of each layer's update i
+    rates: np.ndarray  # (replicates, epochs, layers): the rate of each layer's update i
     losses: np.ndarray  # (replicates, epochs): the whole train set's loss before update i
     state_dicts: tuple[dict[str, torch.Tensor], ...]
     batch_sizes: np.ndarray  # (replicates, epochs): points each update trained on
@@ -81,16 +85,15 @@ class Rates:
     def __init__(
         self, replicates: Sequence[Replicate], setup: Setup, closed_forms: bool = False
     ) -> None:
-        self.epochs = setup.updates
-        self.table = np.empty((len(replicates), setup.updates, 2))
-        self.momenta = np.empty((len(replicates), setup.updates, 2))
+        self.epochs, layers = setup.updates, setup.layers
+        self.table = np.empty((len(replicates), setup.updates, layers))
+        self.momenta = np.empty((len(replicates), setup.updates, layers))
         plateaus: list[tuple[int, Schedule]] = []
         for index, replicate in enumerate(replicates):
             if replicate.spec.monitor is not None:
                 # A real optimizer and scheduler, never stepped on real weights: torch checks
                 # and completes their arguments, and the bank steps their rule as arrays.
-                model = LogicNet(hiddendim=setup.hidden_dim)
-                groups = param_groups(model, replicate.spec.per_layer)
+                groups = stand_in_groups(replicate.spec)
                 optimizer = make_optimizer(groups, setup.optimizer, replicate.lr, setup.momentum)
                 plateaus.append((index, Schedule(replicate.spec, optimizer, setup.updates)))
                 continue
@@ -103,8 +106,8 @@ class Rates:
 
                 found = rate_tables.closed_form(*arguments)
             rates, momenta = found if found is not None else trace(*arguments)
-            self.table[index] = np.repeat(rates, 2 // rates.shape[1], axis=1)
-            self.momenta[index] = np.repeat(momenta, 2 // momenta.shape[1], axis=1)
+            self.table[index] = np.repeat(rates, layers // rates.shape[1], axis=1)
+            self.momenta[index] = np.repeat(momenta, layers // momenta.shape[1], axis=1)
 
         self.plateaus = np.array([index for index, _ in plateaus], dtype=np.int64)
         self.watches_accuracy = np.array(
@@ -113,13 +116,16 @@ class Rates:
         self.bank = PlateauBank([s.torch_scheduler for _, s in plateaus]) if plateaus else None
         for index, schedule in plateaus:  # ReduceLROnPlateau changes no momentum
             constant = schedule.momenta()
-            self.momenta[index] = constant if len(constant) == 2 else constant * 2
+            self.momenta[index] = constant if len(constant) == layers else constant * layers
+        self.layers = layers
 
     def at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Every replicate's rates and momenta ``(replicates, 2)`` for update ``step``."""
+        """Every replicate's rates and momenta ``(replicates, layers)`` for update ``step``."""
         if self.bank is not None:
             rates = self.bank.rates
-            self.table[self.plateaus, step] = rates if rates.shape[1] == 2 else rates.repeat(2, 1)
+            if rates.shape[1] != self.layers:
+                rates = rates.repeat(self.layers, 1)
+            self.table[self.plateaus, step] = rates
         return self.table[:, step], self.momenta[:, step]
 
     def advance(self, step: int, losses: np.ndarray, accuracies: np.ndarray) -> None:

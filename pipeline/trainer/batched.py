@@ -2,7 +2,7 @@
 
 :func:`train_batch` trains a batch of replicates (:mod:`pipeline.trainer.batch`): on the CPU by
 the compiled kernels (:mod:`pipeline.trainer.fused`), elsewhere by batched torch operations
-(here: stacked LogicNets, autograd, one batched optimizer step). A replicate's weights start
+(here: stacked weights, autograd, one batched optimizer step). A replicate's weights start
 exactly as :func:`pipeline.trainer.runtime.initial_model` draws them for its seed, and its
 data come from that seed; only the arithmetic is batched, so each replicate equals its
 ``torch.optim`` + ``lr_scheduler`` twin (:func:`tests.reference.train_reference`) to float32
@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from pipeline.config.params import Params
 from pipeline.core import portable
+from pipeline.problems.architecture import Architecture
 from pipeline.problems.data import Dataset
-from pipeline.problems.model import LAYER_NAMES, LogicNet, logits
+from pipeline.problems.model import FamilyNet, logits
 from pipeline.trainer import minibatch
 from pipeline.trainer.batch import (
     ADAM_BETAS,
@@ -44,24 +45,25 @@ ENGINES = ("auto", "kernels", "torch")
 
 
 class _Stack:
-    """LogicNet weights of every replicate, stacked on a leading axis."""
+    """The weights of every replicate, stacked on a leading axis."""
 
-    def __init__(self, models: Sequence[LogicNet], device: torch.device) -> None:
+    def __init__(self, models: Sequence[FamilyNet], device: torch.device) -> None:
         def stacked(name: str) -> torch.Tensor:
             tensors = [m.state_dict()[name] for m in models]
             return torch.stack(tensors).to(device).requires_grad_(True)
 
-        self.names = list(models[0].state_dict())  # Liner1.weight, Liner1.bias, Liner2...
+        self.architecture = models[0].architecture
+        self.names = self.architecture.parameter_names  # Liner1.weight, Liner1.bias, ...
         self.tensors = [stacked(name) for name in self.names]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return stacked_logits(self.tensors, x)
+        return logits(self.architecture, self.tensors, x)
 
     def layer_of(self, index: int) -> int:
-        return LAYER_NAMES.index(self.names[index].split(".")[0])
+        return index // 2  # each layer's weight, then its bias
 
     def state_dicts(self) -> tuple[dict[str, torch.Tensor], ...]:
-        """Each replicate's weights as its own LogicNet's state dict, on the CPU."""
+        """Each replicate's weights as its own module's state dict, on the CPU."""
         count = len(self.tensors[0])
         return tuple(
             {
@@ -70,12 +72,6 @@ class _Stack:
             }
             for index in range(count)
         )
-
-
-def stacked_logits(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """LogicNet.forward of stacked weights (replicates first); ``x`` per replicate or shared."""
-    w1, b1, w2, b2 = weights
-    return logits(w1, b1, w2, b2, x)
 
 
 def train_batch(
@@ -133,7 +129,8 @@ def _train_torch(
     closed_forms: bool,
 ) -> BatchResult:
     """The torch engine: stacked weights, autograd, and a batched optimizer step."""
-    models = [initial_model(setup.hidden_dim, torch.device("cpu"), r.seed) for r in replicates]
+    cpu = torch.device("cpu")
+    models = [initial_model(setup.architecture, cpu, r.seed) for r in replicates]
     stack = _Stack(models, device)
     pairs = [tensors(datasets[replicate.data_key], device) for replicate in replicates]
     x = torch.stack([features for features, _ in pairs])
@@ -152,10 +149,10 @@ def _train_torch(
     losses = torch.empty(count, epochs, dtype=torch.float32, device=device)
     needs_values = rates.bank is not None
     for step in range(epochs):
-        logits, full_losses = _update(step, stack, x, y, rates, optimizer, batches)
+        found, full_losses = _update(step, stack, x, y, rates, optimizer, batches)
         losses[:, step] = full_losses
         if needs_values:  # one device sync per step, only when a replicate watches its loss
-            accuracy = (logits.argmax(dim=2) == y).float().mean(dim=1)
+            accuracy = (found.argmax(dim=2) == y).float().mean(dim=1)
             rates.advance(step, full_losses.cpu().numpy(), accuracy.cpu().numpy())
         if validating is not None and row_of[step] >= 0:  # after the update and scheduler step
             validating.record(int(row_of[step]), stack)
@@ -201,10 +198,10 @@ class _Validation:
     def record(self, row: int, stack: _Stack) -> None:
         for x, y, rows in self.groups:
             weights = stack.tensors if rows is None else [t[rows] for t in stack.tensors]
-            logits = stacked_logits(weights, x)  # (replicates, samples, 2): x broadcasts
-            count, samples = logits.shape[:2]
+            found = logits(stack.architecture, weights, x)  # (replicates, samples, classes)
+            count, samples, classes = found.shape
             per_sample = F.cross_entropy(
-                logits.reshape(-1, 2), y.expand(count, samples).reshape(-1), reduction="none"
+                found.reshape(-1, classes), y.expand(count, samples).reshape(-1), reduction="none"
             )
             means = per_sample.view(count, samples).mean(dim=1)
             if rows is None:
@@ -304,8 +301,10 @@ def _update(
     loss on its whole train set, before the update (detached)."""
     count, samples = y.shape
     lr, momenta = rates.at(step)
-    logits = stack.logits(x)
-    per_sample = F.cross_entropy(logits.reshape(-1, 2), y.reshape(-1), reduction="none")
+    found = stack.logits(x)
+    per_sample = F.cross_entropy(
+        found.reshape(-1, found.shape[-1]), y.reshape(-1), reduction="none"
+    )
     per_sample = per_sample.view(count, samples)
     full_losses = per_sample.mean(dim=1)
     for tensor in stack.tensors:
@@ -313,7 +312,7 @@ def _update(
     objective = batches.objective(step, per_sample, full_losses)
     objective.sum().backward()  # replicates share no weights: each gets its own gradient
     optimizer.step(lr, momenta)
-    return logits, full_losses.detach()
+    return found, full_losses.detach()
 
 
 def run_results(
@@ -339,9 +338,7 @@ def run_results(
             if batch.finals is not None:
                 values = batch.finals[index]
             else:
-                values = replicate_finals(
-                    batch, index, params.model.hidden_dim, train_sets, test_sets
-                )
+                values = replicate_finals(batch, index, params.architecture, train_sets, test_sets)
             for key, value in values.items():
                 finals.setdefault(key, []).append(value)
         groups = spec.groups
@@ -366,7 +363,7 @@ def run_results(
 def replicate_finals(
     batch: BatchResult,
     index: int,
-    hidden_dim: int,
+    architecture: Architecture,
     train_sets: Mapping[tuple[int, float], Dataset],
     test_sets: Mapping[float, Dataset],
 ) -> dict[str, float]:
@@ -374,7 +371,7 @@ def replicate_finals(
     from pipeline.trainer.runtime import evaluate
 
     cpu = torch.device("cpu")
-    model = LogicNet(hiddendim=hidden_dim)
+    model = FamilyNet(architecture)
     model.load_state_dict(batch.state_dicts[index])
     replicate = batch.replicates[index]
     values = evaluate(

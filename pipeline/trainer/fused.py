@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from pipeline.kernels import batches, dense, loss, optimizers
+from pipeline.problems.architecture import Architecture
 from pipeline.problems.data import Dataset
-from pipeline.problems.model import LAYER_NAMES
 from pipeline.trainer import minibatch
 from pipeline.trainer.batch import (
     ADAM_BETAS,
@@ -32,60 +32,67 @@ from pipeline.trainer.batch import (
 from pipeline.trainer.runtime import initial_model
 
 F32 = np.float32
-# The activation after each layer: LogicNet's tanh, then the logits.
-ACTIVATIONS = (dense.TANH, dense.IDENTITY)
 NO_WEIGHTS = np.zeros((0, 0), dtype=F32)
 
 
 class _Layers:
     """Every replicate's weights in one ``(parameters, R)`` buffer, seen layer by layer as
-    weights ``(outputs, inputs, R)`` and biases ``(outputs, R)``: the optimizer updates the
-    whole buffer in one call, each row at its layer's rate."""
+    weights ``(outputs, inputs, R)`` (a convolution's inputs: its kernel's taps) and biases
+    ``(outputs, R)``: the optimizer updates the whole buffer in one call, each row at its
+    layer's rate."""
 
-    def __init__(self, shapes: Sequence[tuple[int, ...]], runs: int) -> None:
+    def __init__(self, architecture: Architecture, runs: int) -> None:
+        self.architecture = architecture
+        shapes = [
+            shape
+            for layer in architecture.layers
+            for shape in ((layer.fan_out, layer.fan_in), (layer.fan_out,))
+        ]
         sizes = [math.prod(shape) for shape in shapes]
         self.flat = np.zeros((sum(sizes), runs), dtype=F32)
         ends = np.cumsum(sizes)
-        views = [
+        self.views = [
             self.flat[end - size : end].reshape(*shape, runs)
             for shape, size, end in zip(shapes, sizes, ends, strict=True)
         ]
-        self.weights, self.biases = views[0::2], views[1::2]
-        # the layer (param group) of each row: LAYER_NAMES order, weight then bias
+        self.weights, self.biases = self.views[0::2], self.views[1::2]
+        # the layer (param group) of each row: the architecture's order, weight then bias
         self.layer_of = np.repeat(np.arange(len(sizes)) // 2, sizes).astype(np.int64)
 
     @classmethod
-    def of(cls, state_dicts: Sequence[Mapping[str, torch.Tensor]]) -> _Layers:
-        names = [f"{layer}.{kind}" for layer in LAYER_NAMES for kind in ("weight", "bias")]
-        layers = cls([tuple(state_dicts[0][name].shape) for name in names], len(state_dicts))
-        for view, name in zip(_interleaved(layers), names, strict=True):
-            view[...] = np.stack([sd[name].numpy() for sd in state_dicts], axis=-1)
+    def of(
+        cls, architecture: Architecture, state_dicts: Sequence[Mapping[str, torch.Tensor]]
+    ) -> _Layers:
+        layers = cls(architecture, len(state_dicts))
+        for view, name in zip(layers.views, architecture.parameter_names, strict=True):
+            stacked = np.stack([sd[name].numpy() for sd in state_dicts], axis=-1)
+            view[...] = stacked.reshape(view.shape)
         return layers
 
     def like(self) -> _Layers:
         """Zeros of the same shapes (gradients, optimizer state)."""
-        return _Layers([v.shape[:-1] for v in _interleaved(self)], self.flat.shape[1])
+        return _Layers(self.architecture, self.flat.shape[1])
 
     def subset(self, rows: np.ndarray) -> _Layers:
-        chosen = _Layers([v.shape[:-1] for v in _interleaved(self)], len(rows))
+        chosen = _Layers(self.architecture, len(rows))
         chosen.flat[...] = self.flat[:, rows]
         return chosen
 
     def state_dicts(self) -> tuple[dict[str, torch.Tensor], ...]:
-        names = [f"{layer}.{kind}" for layer in LAYER_NAMES for kind in ("weight", "bias")]
-        views = _interleaved(self)
+        """Each replicate's weights, shaped as its torch module's state dict."""
+        names = self.architecture.parameter_names
+        shapes = [
+            shape
+            for layer in self.architecture.layers
+            for shape in (layer.weight_shape, (layer.fan_out,))
+        ]
         return tuple(
             {
-                name: torch.from_numpy(np.ascontiguousarray(view[..., index]))
-                for name, view in zip(names, views, strict=True)
+                name: torch.from_numpy(np.ascontiguousarray(view[..., index]).reshape(shape))
+                for name, view, shape in zip(names, self.views, shapes, strict=True)
             }
             for index in range(self.flat.shape[1])
         )
-
-
-def _interleaved(layers: _Layers) -> list[np.ndarray]:
-    """weight, bias, weight, bias...: the order of a LogicNet's state dict."""
-    return [v for pair in zip(layers.weights, layers.biases, strict=True) for v in pair]
 
 
 def _runs_last(dataset_arrays: Sequence[np.ndarray], dtype) -> np.ndarray:
@@ -98,13 +105,35 @@ def _runs_last(dataset_arrays: Sequence[np.ndarray], dtype) -> np.ndarray:
 
 
 class _Pass:
-    """The activations of one forward pass over a set of samples, and their gradients."""
+    """The activations of one forward pass over a set of samples, and their gradients.
+
+    A convolution is a dense layer over patches: its input, the features gathered once into
+    ``(samples * positions, taps, R)``, and its output seen as ``(samples * positions,
+    channels, R)``, which is the next layer's ``(samples, positions * channels, R)``.
+    """
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, layers: _Layers) -> None:
-        self.inputs, self.labels = features, labels
-        samples, runs = features.shape[0], layers.weights[0].shape[-1]
-        self.activations = [np.empty((samples, w.shape[0], runs), F32) for w in layers.weights]
+        architecture = layers.architecture
+        self.labels = labels
+        samples, runs = features.shape[0], layers.flat.shape[1]
+        self.activation_codes = [dense.ACTIVATIONS[a.activation] for a in architecture.layers]
+        widths = [layer.fan_out for layer in architecture.layers]
+        conv = architecture.conv
+        if conv is not None:
+            patches = features[:, conv.patches()]  # (samples, positions, taps, R or 1)
+            self.inputs = np.ascontiguousarray(patches.reshape(-1, *patches.shape[2:]))
+            widths[0] = conv.positions * conv.channels
+        else:
+            self.inputs = features
+        self.activations = [np.empty((samples, width, runs), F32) for width in widths]
         self.gradients = [np.empty_like(a) for a in self.activations]
+        # What each layer's kernels see: a convolution's rows are (sample, position) pairs.
+        self.rows = list(self.activations)
+        self.grad_rows = list(self.gradients)
+        if conv is not None:
+            shape = (samples * conv.positions, conv.channels, runs)
+            self.rows[0] = self.activations[0].reshape(shape)
+            self.grad_rows[0] = self.gradients[0].reshape(shape)
         self.losses = np.empty(runs, F32)
         self.correct = np.empty(runs, np.int64)
 
@@ -112,11 +141,9 @@ class _Pass:
         """Logits, each replicate's mean loss and correct count; with ``weights``, the
         gradient of the weighted loss with respect to the logits."""
         previous = self.inputs
-        for weight, bias, out, act in zip(
-            layers.weights, layers.biases, self.activations, ACTIVATIONS, strict=True
-        ):
-            dense.forward(previous, weight, bias, out, act)
-            previous = out
+        for index, (weight, bias) in enumerate(zip(layers.weights, layers.biases, strict=True)):
+            dense.forward(previous, weight, bias, self.rows[index], self.activation_codes[index])
+            previous = self.activations[index]
         loss.cross_entropy(
             previous, self.labels, weights, self.losses, self.correct, self.gradients[-1]
         )
@@ -126,13 +153,13 @@ class _Pass:
         for index in range(len(layers.weights) - 1, -1, -1):
             below = self.inputs if index == 0 else self.activations[index - 1]
             dense.backward(
-                self.gradients[index], below, layers.weights[index],
+                self.grad_rows[index], below, layers.weights[index],
                 grad_weights.weights[index], grad_weights.biases[index],
             )  # fmt: skip
             if index > 0:
                 dense.backward_input(
                     self.gradients[index], layers.weights[index], below,
-                    ACTIVATIONS[index - 1], self.gradients[index - 1],
+                    self.activation_codes[index - 1], self.gradients[index - 1],
                 )  # fmt: skip
 
 
@@ -206,10 +233,10 @@ def train_fused(
     """:func:`pipeline.trainer.batched.train_batch` on the CPU, by :mod:`pipeline.kernels`."""
     cpu = torch.device("cpu")
     initial = {  # a seed's weights, drawn once for all its replicates
-        seed: initial_model(setup.hidden_dim, cpu, seed).state_dict()
+        seed: initial_model(setup.architecture, cpu, seed).state_dict()
         for seed in dict.fromkeys(r.seed for r in replicates)
     }
-    layers = _Layers.of([initial[r.seed] for r in replicates])
+    layers = _Layers.of(setup.architecture, [initial[r.seed] for r in replicates])
     grads = layers.like()
     sets = [datasets[r.data_key] for r in replicates]
     train = _Pass(
@@ -217,7 +244,7 @@ def train_fused(
         _runs_last([s.labels for s in sets], np.int64),
         layers,
     )
-    epochs, samples = setup.updates, train.inputs.shape[0]
+    epochs, samples = setup.updates, train.labels.shape[0]
     rates = Rates(replicates, setup, closed_forms)
     optimizer = _Optimizer(layers, setup.optimizer)
     weights = _BatchWeights(replicates, epochs, samples)

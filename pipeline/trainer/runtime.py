@@ -7,8 +7,9 @@ import os
 
 import torch
 
+from pipeline.problems.architecture import Architecture
 from pipeline.problems.data import Dataset
-from pipeline.problems.model import LogicNet
+from pipeline.problems.model import FamilyNet
 
 
 def select_device(requested: str) -> torch.device:
@@ -31,8 +32,8 @@ def make_deterministic() -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    # A 2-3-2 network is far too small to gain from threads, and one thread fixes the order of
-    # every floating-point reduction whatever the machine's core count.
+    # The family's networks are far too small to gain from threads, and one thread fixes the
+    # order of every floating-point reduction whatever the machine's core count.
     torch.set_num_threads(1)
 
 
@@ -43,15 +44,15 @@ def tensors(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, torch
     return features, labels
 
 
-def initial_model(hidden_dim: int, device: torch.device, seed: int) -> LogicNet:
-    """Every run of a seed starts from the same weights, drawn from it."""
+def initial_model(architecture: Architecture, device: torch.device, seed: int) -> FamilyNet:
+    """Every run of a seed starts from the same weights, drawn from it as torch draws them."""
     torch.manual_seed(seed)
-    return LogicNet(inputdim=2, hiddendim=hidden_dim, outputdim=2).to(device)
+    return FamilyNet(architecture).to(device)
 
 
 @torch.no_grad()
 def evaluate(
-    model: LogicNet,
+    model: FamilyNet,
     train_x: torch.Tensor,
     train_y: torch.Tensor,
     test_x: torch.Tensor,
@@ -66,6 +67,6 @@ def evaluate(
     }
 
 
-def _accuracy(model: LogicNet, x: torch.Tensor, y: torch.Tensor) -> float:
+def _accuracy(model: FamilyNet, x: torch.Tensor, y: torch.Tensor) -> float:
     # Counted, then divided in float64: 0.948, not float32's 0.9480000138282776.
     return (model.predict(x) == y).sum().item() / len(y)
