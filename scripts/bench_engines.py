@@ -1,6 +1,6 @@
 """Time the two engines side by side on the tune stage's own trials: kernels against torch.
 
-    python scripts/bench_engines.py [--params FILE] [--repeat N]
+    python scripts/bench_engines.py [--params FILE] [--repeat N] [--held-out]
 
 Every tuned workload's scored and target trials (``search`` and ``tuning`` of the params file,
 ``params.yaml`` by default) are drawn as the tune stage draws them and trained as one batch per
@@ -9,6 +9,8 @@ trials on the same machine at the same moment. Prints a markdown table per workl
 run-updates per second (one update of one run) and the share of runs whose validation curves
 agree within 1e-4 at every evaluation (the rest are runs at rates where training is chaotic,
 and float32 rounding grows: the oracle for each engine is ``tests/test_batched.py``).
+``--held-out`` also trains the held-out workloads' trials as if they were tuned: a measure of
+each engine on every model of the family (the tune stage itself trains only their targets).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of both engines")
+    parser.add_argument(
+        "--held-out", action="store_true", help="also the held-out workloads, as if tuned"
+    )
     arguments = parser.parse_args()
     make_deterministic()
     params = load_comparison(arguments.params)
@@ -49,7 +54,7 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     totals = dict.fromkeys(ENGINES, 0.0)
     for workload in params.workloads:
-        if workload.held_out:
+        if workload.held_out and not arguments.held_out:
             continue
         splits = workloads.generate(workload, params.seed)
         drawn = draw_trials(params, workload)
@@ -73,7 +78,8 @@ def main() -> None:
         apart = np.abs(curves["torch"].losses - curves["kernels"].losses)
         agree = np.mean(np.nan_to_num(apart, nan=np.inf).max(axis=1) <= 1e-4)
         print(
-            f"| {workload.name} | {len(settings)} x {workload.epochs} | {median['torch']:.2f} |"
+            f"| {workload.name} ({workload.architecture.describe()}) |"
+            f" {len(settings)} x {workload.epochs} | {median['torch']:.2f} |"
             f" {median['kernels']:.2f} | {median['torch'] / median['kernels']:.1f}x |"
             f" {updates / median['kernels'] / 1e6:.2f} M | {agree:.0%} |"
         )

@@ -224,6 +224,8 @@ def _documented_defaults() -> dict[str, str]:
 def _yaml_text(value: object) -> str:
     if value is None:
         return "null"
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_yaml_text(item) for item in value) + "]"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

@@ -60,5 +60,9 @@ def tune(params_path: Path, **paths: Any) -> None:
         f"tuned {len(summary.result.trials)} trials in {summary.seconds:.1f} s ({phases});"
         f" best benchmark score: {best} {scores.benchmark_score[best]:.3f} (validation),"
         f" {scores.test_benchmark_score[best]:.3f} (test re-runs);"
-        f" {len(scores.edges)} rates at an edge; report: {paths['out_dir'] / 'report.md'}"
+        f" {_count(len(scores.edges), 'rate')} at an edge; report: {paths['out_dir'] / 'report.md'}"
     )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
