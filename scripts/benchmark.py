@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -24,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("generate", "tune", "train", "plot")
@@ -69,6 +72,45 @@ def fresh_project(base: Path, code: Path = ROOT, params: Path | None = None) -> 
     for command in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "bench"]):
         subprocess.run(command, cwd=root, check=True, capture_output=True)
     return root
+
+
+# Run in a stage's own process: at its exit, the modules it imported from outside the project, in
+# the order it imported them, go to the file named by $LRSCHED_BENCH_MODULES.
+TRACE = """
+import atexit, os, sys
+def dump():
+    ours = ("pipeline", "stages", "__main__")
+    names = [n for n in list(sys.modules) if n.split(".")[0] not in ours]
+    open(os.environ["LRSCHED_BENCH_MODULES"], "w").write("\\n".join(names))
+atexit.register(dump)
+from pipeline.cli.main import main
+sys.argv[0] = "lrsched"
+main()
+"""
+
+# What an import floor process runs: every module a stage imported, and nothing else.
+IMPORT_ONLY = """
+import importlib, sys
+for name in open(sys.argv[1]).read().split():
+    try:
+        importlib.import_module(name)
+    except Exception:  # a module that only exists once its parent built it (six.moves, say)
+        pass
+"""
+
+
+def import_floor(project: Path, env: dict) -> float:
+    """Seconds for three processes that only import what generate, train and plot import: the
+    stages' start-up cost, below which no rewrite of their own code can go."""
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    total = 0.0
+    for stage in ORIGINAL:
+        modules = project / f"{stage}.modules"
+        traced = {**env, "LRSCHED_BENCH_MODULES": str(modules)}
+        arguments = shlex.split(stages[stage]["cmd"])[1:]
+        timed([sys.executable, "-c", TRACE, *arguments], project, traced)
+        total += timed([sys.executable, "-c", IMPORT_ONLY, str(modules)], project, env)
+    return total
 
 
 def set_seeds(params_path: Path, seeds: int) -> None:
@@ -132,7 +174,8 @@ def main() -> None:
         return
     env = bench_env(ROOT)
     timings: dict[str, list[float]] = {
-        "reference": [], "repro": [], "noop": [], "sweep": [], **{s: [] for s in STAGES}
+        "reference": [], "repro": [], "noop": [], "sweep": [], "floor": [],
+        **{s: [] for s in STAGES},
     }  # fmt: skip
     outputs: dict[str, list[str]] = {"repro": [], "sweep": []}
     for _ in range(repeat):
@@ -146,6 +189,7 @@ def main() -> None:
             timings["noop"].append(timed(["dvc", "repro"], project, env))
             for stage in STAGES:  # each alone, on the store the full run filled
                 timings[stage].append(timed(["dvc", "repro", "-f", "-s", stage], project, env))
+            timings["floor"].append(import_floor(project, env))
             set_seeds(project / "params.yaml", 100)
             timings["sweep"].append(timed(["dvc", "repro"], project, env, outputs["sweep"]))
 
@@ -163,6 +207,7 @@ def main() -> None:
         ("`dvc repro -f`: all 4 stages, the tuned comparison included", "repro"),
         *((f"`dvc repro -f -s {stage}`: the stage alone", stage) for stage in STAGES),
         ("generate + train + plot, each alone: the tutorial's three stages", "original"),
+        ("import floor: three processes importing only what those stages import", "floor"),
         ("`dvc repro` with nothing changed", "noop"),
         ("sweep: `train.seeds: 100`, 11 schedules x 100 seeds x 1000 steps, all but tune", "sweep"),
     ]
@@ -171,6 +216,8 @@ def main() -> None:
         print(f"| {label} | {median[key]:.1f} | {runs} |")
     speedup = median["reference"] / median["original"]
     print(f"\nspeed-up of the three original stages over the reference: {speedup:.1f}x")
+    floor = median["original"] / median["floor"]
+    print(f"the three original stages against their import floor: {floor:.2f}x")
     print("\nthe stages' own summaries (last run), default and sweep:")
     print(f"  tune: {tune_summary(outputs['repro'][-1])}")
     for key in ("repro", "sweep"):

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.comparison import search
 from pipeline.config.params import load_params
-from pipeline.schedules import rate_tables
+from pipeline.schedules import rule_arrays
 from pipeline.schedules.rate_tables import closed_form
 from pipeline.schedules.specs import ScheduleSpec, parse_spec, trace
 from tests.conftest import ROOT
@@ -290,9 +290,9 @@ def test_falls_back_to_libm_where_numpy_differs(monkeypatch) -> None:
     still follow torch's math.cos: 1 + cos near pi would otherwise be far off 1e-12."""
     exact_cos = np.cos
     monkeypatch.setattr(np, "cos", lambda x: np.nextafter(exact_cos(x), np.inf))
-    rate_tables._libm.cache_clear()
+    rule_arrays.libm.cache_clear()
     try:
-        assert rate_tables._libm("cos") is not np.cos
+        assert rule_arrays.libm("cos") is not np.cos
         for raw in (
             {"type": "CosineAnnealingLR", "T_max": 300},
             {"type": "OneCycleLR", "max_lr": 0.1, "total_steps": 300},
@@ -303,4 +303,4 @@ def test_falls_back_to_libm_where_numpy_differs(monkeypatch) -> None:
             np.testing.assert_array_equal(got[0], trace(spec, 300, 0.1)[0])
     finally:
         monkeypatch.undo()
-        rate_tables._libm.cache_clear()
+        rule_arrays.libm.cache_clear()

@@ -24,7 +24,7 @@ from torch.optim import lr_scheduler
 
 from pipeline.core.optim import make_optimizer
 from pipeline.problems.architecture import LAYER_NAME
-from pipeline.schedules import expressions
+from pipeline.schedules import expressions, rule_arrays
 
 BUILTIN_TYPES = {
     "constant": "the rate never changes (the baseline)",
@@ -239,16 +239,30 @@ def _parse_rules(value: Any, epochs: int) -> tuple[dict[str, expressions.Express
         path = f".{RULE_ARGUMENT}" + (f".{group}" if per_layer else "")
         try:
             rule = expressions.parse(source)
-            for step in _steps_to_check(epochs):
-                factor = rule(step, epochs)
-                if factor < 0:
-                    raise expressions.ExpressionError(
-                        f"{source!r} is {factor} at step {step}; a rate factor must be >= 0"
-                    )
+            _check_factors(rule, epochs)
         except expressions.ExpressionError as error:
             raise SpecError(str(error), path) from None
         rules[group] = rule
     return dict(sorted(rules.items(), key=lambda item: layer_order(item[0]))), per_layer
+
+
+def _check_factors(rule: expressions.Expression, epochs: int) -> None:
+    """A rule's factor is a finite number >= 0 at every step, or an ExpressionError names the
+    first step where it is not. On every step at once where numpy can (a tuning parses
+    thousands of rules), else step by step, which also finds the step to name."""
+    steps = _steps_to_check(epochs)
+    try:
+        factors = rule_arrays.vector_rule(rule.source)(np.asarray(steps, np.float64), epochs)
+        if np.all(np.asarray(factors) >= 0):
+            return
+    except rule_arrays.NotOnArrays:
+        pass
+    for step in steps:
+        factor = rule(step, epochs)
+        if factor < 0:
+            raise expressions.ExpressionError(
+                f"{rule.source!r} is {factor} at step {step}; a rate factor must be >= 0"
+            )
 
 
 def layer_order(name: str) -> tuple[int, int]:

@@ -44,13 +44,17 @@ class Sampler:
         it on a new sampler): the shuffled passes ``(passes, samples)``, and for each update
         its pass and where its batch starts in it, ``(epochs,)`` each; the batch of update
         ``i`` is ``passes[pass_of[i], start[i] : start[i] + sizes[i]]``."""
-        passes, pass_of, start = [self._order], [], []
+        # Where a pass ends follows from the sizes alone, so every further shuffle is drawn at
+        # once: ``permuted`` shuffles each row as ``permutation`` would, from the same stream
+        # (tests/test_kernels.py holds the plan to batch() drawn one update at a time).
+        extra, pass_of, start = 0, [], []
         position = self._position
         for size in self.sizes.tolist():
             if position + size > self.samples:
-                passes.append(self._rng.permutation(self.samples))
-                position = 0
-            pass_of.append(len(passes) - 1)
+                extra, position = extra + 1, 0
+            pass_of.append(extra)
             start.append(position)
             position += size
-        return np.stack(passes), np.array(pass_of, np.int64), np.array(start, np.int64)
+        fresh = self._rng.permuted(np.tile(np.arange(self.samples), (extra, 1)), axis=1)
+        passes = np.concatenate([self._order[None], fresh])
+        return passes, np.array(pass_of, np.int64), np.array(start, np.int64)
