@@ -24,9 +24,27 @@ BIN = Path(sys.executable).parent
 KINDS = ("pipeline", "emulation", "server", "browser", "cluster", "compute")
 
 
+# The whole suite as this session collected it, before `-m` or `-k` deselected any: test file ->
+# its number of tests. Kept only when the session collected the whole of tests/ (no paths, no
+# --lf or --sw), so that the time table's check need not collect again in a process of its own.
+WHOLE_SUITE = pytest.StashKey[dict[str, int]]()
+
+
+def whole_suite(config: pytest.Config) -> dict[str, int] | None:
+    return config.stash.get(WHOLE_SUITE, None)
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test of a kind is also `slow`; a test marked `slow` alone must name its kind."""
+    everything = [Path(arg).resolve() for arg in config.args] == [ROOT / "tests"]
+    narrowed = any(config.getoption(name, False) for name in ("lf", "failedfirst", "stepwise"))
+    if everything and not narrowed:
+        counts: dict[str, int] = {}
+        for item in items:
+            path = item.nodeid.split("::")[0].removeprefix("tests/")
+            counts[path] = counts.get(path, 0) + 1
+        config.stash[WHOLE_SUITE] = counts
     untyped = []
     for item in items:
         if any(item.get_closest_marker(kind) for kind in KINDS):

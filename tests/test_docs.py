@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, project_env
+from tests.conftest import ROOT, project_env, whole_suite
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README_LIMIT = 12_000
@@ -262,7 +262,22 @@ def test_the_params_reference_states_each_keys_default_as_the_code_has_it():
     assert not wrong, f"docs/params.md's default (documented, code) differs: {wrong}"
 
 
-def test_the_time_table_lists_every_test_file_as_pytest_collects_it():
+def _collected_apart() -> dict[str, int]:
+    """The suite's tests per file, collected by a pytest of its own (this session ran a part)."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return dict(
+        Counter(
+            line.split("::")[0].removeprefix("tests/")
+            for line in listed.splitlines()
+            if "::" in line
+        )
+    )
+
+
+def test_the_time_table_lists_every_test_file_as_pytest_collects_it(pytestconfig):
     """docs/testing.md's measured times (scripts/test_times.py) cover the suite as it is now."""
     testing = (ROOT / "docs" / "testing.md").read_text()
     block = testing.split("<!-- test-times: begin -->")[1].split("<!-- test-times: end -->")[0]
@@ -271,13 +286,5 @@ def test_the_time_table_lists_every_test_file_as_pytest_collects_it():
         for row in (line.strip("| ").split(" | ") for line in block.splitlines())
         if row[0].startswith("`test_")
     }
-    listed = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    collected = Counter(
-        line.split("::")[0].removeprefix("tests/") for line in listed.splitlines() if "::" in line
-    )
-    assert documented == dict(collected), (
-        "docs/testing.md's time table is stale: run `make test-times`"
-    )
+    collected = whole_suite(pytestconfig) or _collected_apart()
+    assert documented == collected, "docs/testing.md's time table is stale: run `make test-times`"
