@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 
+import numpy as np
 import pytest
 
+from pipeline.schedules import rule_arrays
 from pipeline.schedules.expressions import ExpressionError, parse
+from pipeline.schedules.specs import SpecError, parse_spec
 
 EPOCHS = 100
 
@@ -66,3 +70,36 @@ def test_runtime_faults_name_the_step():
         parse("(-1) ** 0.5")(0)
     with pytest.raises(ExpressionError, match="fails at step 0"):
         parse("log(step)")(0)
+
+
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        # numpy would take epochs ** epochs as an integer power and wrap; Python overflows
+        ("epochs ** epochs", "fails at step 0"),
+        ("1 / (50 - step)", "fails at step 50"),
+        ("log(100 - step)", "fails at step 100"),
+        ("cos(pi * step / epochs)", "at step 51; a rate factor must be >= 0"),
+        ("0.95 ** (step // 10)", None),
+    ],
+)
+@pytest.mark.parametrize("power", ["as probed here", "numpy's"])
+def test_a_rule_is_checked_over_the_whole_budget_and_the_first_bad_step_named(
+    rule, message, power, monkeypatch
+):
+    """The check runs on every step at once where numpy can (rule_arrays.py), and step by
+    step where it cannot, to name the step: either way, as Python's arithmetic decides. Where
+    numpy's power passes the probe (not on every machine) it is the one rules use."""
+    if power == "numpy's":
+        monkeypatch.setattr(rule_arrays, "_power", lambda: np.power)
+    entry = {"type": "LambdaLR", "lr_lambda": rule}
+    if message is None:
+        assert parse_spec("LambdaLR", entry, 150).rules["all"].source == rule
+        return
+    with pytest.raises(SpecError, match=re.escape(message)) as raised:
+        parse_spec(
+            "LambdaLR",
+            entry,
+            {"epochs ** epochs": 400, "cos(pi * step / epochs)": 100}.get(rule, 150),
+        )
+    assert raised.value.path == ".lr_lambda"

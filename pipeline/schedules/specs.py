@@ -252,7 +252,7 @@ def _check_factors(rule: expressions.Expression, epochs: int) -> None:
     thousands of rules), else step by step, which also finds the step to name."""
     steps = _steps_to_check(epochs)
     try:
-        factors = rule_arrays.vector_rule(rule.source)(np.asarray(steps, np.float64), epochs)
+        factors = rule_arrays.vector_rule(rule.source)(np.asarray(steps, np.float64), float(epochs))
         if np.all(np.asarray(factors) >= 0):
             return
     except rule_arrays.NotOnArrays:
