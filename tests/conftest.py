@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,17 +36,18 @@ def whole_suite(config: pytest.Config) -> dict[str, int] | None:
     return config.stash.get(WHOLE_SUITE, None)
 
 
+def count_per_file(node_ids: Iterable[str]) -> dict[str, int]:
+    """``tests/test_x.py::test_y[...]`` node ids -> ``{"test_x.py": count}``."""
+    return dict(Counter(node_id.split("::")[0].removeprefix("tests/") for node_id in node_ids))
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test of a kind is also `slow`; a test marked `slow` alone must name its kind."""
     everything = [Path(arg).resolve() for arg in config.args] == [ROOT / "tests"]
     narrowed = any(config.getoption(name, False) for name in ("lf", "failedfirst", "stepwise"))
     if everything and not narrowed:
-        counts: dict[str, int] = {}
-        for item in items:
-            path = item.nodeid.split("::")[0].removeprefix("tests/")
-            counts[path] = counts.get(path, 0) + 1
-        config.stash[WHOLE_SUITE] = counts
+        config.stash[WHOLE_SUITE] = count_per_file(item.nodeid for item in items)
     untyped = []
     for item in items:
         if any(item.get_closest_marker(kind) for kind in KINDS):

@@ -26,13 +26,12 @@ import re
 import shutil
 import subprocess
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, project_env, whole_suite
+from tests.conftest import ROOT, count_per_file, project_env, whole_suite
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README_LIMIT = 12_000
@@ -268,13 +267,7 @@ def _collected_apart() -> dict[str, int]:
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    return dict(
-        Counter(
-            line.split("::")[0].removeprefix("tests/")
-            for line in listed.splitlines()
-            if "::" in line
-        )
-    )
+    return count_per_file(line for line in listed.splitlines() if "::" in line)
 
 
 def test_the_time_table_lists_every_test_file_as_pytest_collects_it(pytestconfig):
